@@ -1,0 +1,194 @@
+"""Resolve model references, read and write `config.json` + `model.safetensors`. The only network user.
+
+A reference is one of:
+- a folder holding `config.json` and `model.safetensors` (the released layout);
+- a `X.json` file beside `X.safetensors` (also accepted without the `.json` suffix);
+- a Hugging Face Hub id `owner/name` (or `owner/name/X.json`), downloaded with `huggingface_hub`.
+
+Pickled `.pt`/`.bin` weights are read only when the caller passes `allow_pickle=True`, and then with
+`torch.load(weights_only=True)`.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .errors import InputError
+
+_HUB_ID = re.compile(r"[\w\-.]+/[\w\-.]+(/[\w\-./]+\.json)?")
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Local paths of a model reference: its config, its weights (None if absent) and its folder."""
+
+    ref: str
+    config: Path
+    weights: Path | None
+
+    @property
+    def folder(self) -> Path:
+        return self.config.parent
+
+
+def resolve(ref: str | os.PathLike, allow_pickle: bool = False) -> Resolved:
+    """Find (or download) the config and weights of `ref`; raise `InputError` in one sentence if absent."""
+    text = str(ref)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise InputError(f"model folder '{text}' has no config.json")
+    elif path.suffix == ".json" and path.is_file():
+        config = path
+    elif path.with_name(path.name + ".json").is_file():
+        config = path.with_name(path.name + ".json")
+    elif _HUB_ID.fullmatch(text) and not path.exists() and not text.startswith((".", "/", "~")):
+        return _download(text, allow_pickle)
+    else:
+        raise InputError(f"model '{text}' not found: not a folder, a .json file, or a Hugging Face Hub id")
+    return Resolved(text, config, _local_weights(config, allow_pickle))
+
+
+def _local_weights(config: Path, allow_pickle: bool) -> Path | None:
+    for name in _weight_names(config.name, allow_pickle):
+        if (config.parent / name).is_file():
+            return config.parent / name
+    return None
+
+
+def _download(ref: str, allow_pickle: bool) -> Resolved:
+    parts = ref.split("/")
+    repo_id, config_name = "/".join(parts[:2]), "/".join(parts[2:]) or "config.json"
+    config = _hub_file(ref, repo_id, config_name)
+    if config is None:
+        raise InputError(f"the Hugging Face Hub repository '{repo_id}' has no {config_name}")
+    weights = None
+    for name in _weight_names(config_name, allow_pickle):
+        weights = _hub_file(ref, repo_id, name)
+        if weights is not None:
+            break
+    return Resolved(ref, config, weights)
+
+
+def _hub_file(ref: str, repo_id: str, filename: str) -> Path | None:
+    """Download one file (or take it from the local cache); None if the repository lacks it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except RemoteEntryNotFoundError:
+        return None
+    except RepositoryNotFoundError as error:
+        raise InputError(f"model '{ref}' not found on the Hugging Face Hub (or it is private or gated)") from error
+    except LocalEntryNotFoundError as error:
+        raise InputError(
+            f"cannot download model '{ref}': the Hugging Face Hub is unreachable (offline?) and it is not cached"
+        ) from error
+    except Exception as error:  # proxies, DNS, timeouts: all the same to the user
+        raise InputError(f"cannot download model '{ref}' from the Hugging Face Hub: {error}") from error
+
+
+def _weight_names(config_name: str, allow_pickle: bool) -> list[str]:
+    """Weight files that may sit beside a config, safest first."""
+    stem = "model" if config_name.endswith("config.json") else config_name[: -len(".json")]
+    names = [stem + ".safetensors"]
+    if allow_pickle:
+        names += [stem + ".pt", "pytorch_model.bin"] if stem == "model" else [stem + ".pt"]
+    return names
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object, naming the file in any error."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read config '{path}': {error}") from error
+    except json.JSONDecodeError as error:
+        raise InputError(f"config '{path}' is not valid JSON ({error.msg} at line {error.lineno})") from error
+    if not isinstance(value, dict):
+        raise InputError(f"config '{path}' must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def config_from_dict(cls: type[C], values: dict[str, Any], source: str | os.PathLike) -> C:
+    """Build the dataclass `cls` from `values`; unknown or mistyped keys are an `InputError`."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise InputError(f"config '{source}' has unknown keys: {', '.join(unknown)}")
+    for name, value in values.items():
+        expected = fields[name].type
+        kinds = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(str(expected))
+        if kinds is not None and (not isinstance(value, kinds) or (kinds is int and isinstance(value, bool))):
+            raise InputError(f"config '{source}': key '{name}' must be {expected}, got {value!r}")
+    return cls(**values)
+
+
+def load_weights(path: Path) -> dict[str, Tensor]:
+    """Read a state dict from `.safetensors` (or `.pt` with `weights_only=True`)."""
+    path = Path(path)
+    try:
+        if path.suffix in (".pt", ".bin"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return state.get("model", state) if isinstance(state, dict) else state
+        return load_file(path)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise InputError(f"cannot read weights '{path}': the file is corrupt or not a checkpoint") from error
+
+
+def load_state(module: torch.nn.Module, state: dict[str, Tensor], source: str | os.PathLike) -> None:
+    """`load_state_dict(strict=True)` with one readable sentence on missing, unexpected or misshaped keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_few(unexpected)}")
+    if shapes:
+        k = sorted(shapes)[0]
+        problems.append(f"shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}")
+    if problems:
+        raise InputError(f"weights '{source}' do not fit the model: {'; '.join(problems)}")
+    module.load_state_dict(state)
+
+
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def save_folder(folder: str | os.PathLike, config: dict[str, Any], state: dict[str, Tensor]) -> Path:
+    """Write `config.json` and `model.safetensors` into `folder`, each via a temporary file and a rename."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    _atomic(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    return folder
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,189 @@
+"""WavSLM: causal WavLM layers over codec features, predicting the token chunk that follows.
+
+The input is the decompressor's `qfeats (B, T, D)` (there is no token embedding table); a final
+LayerNorm and a bias-free head give `logits (B, T, V)`. Next-chunk objective: the logits at t predict
+token `t + toks_per_step`.
+"""
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import hub
+from .errors import InputError
+from .modules.transformer import TransformerEncoder, TransformerState
+
+if TYPE_CHECKING:
+    from .codec import Codec
+
+
+@dataclass
+class WavSLMConfig:
+    """The released `config.json` keys, unchanged.
+
+    `max_cached_steps` (the released size of a precomputed position-bias table) and `use_flex_attention`
+    are kept for round trips but change nothing here: the bias is computed for the distances in use.
+    """
+
+    vocab_size: int = 4096
+    num_layers: int = 18
+    dim: int = 1024
+    ffn_dim: int = 4096
+    num_heads: int = 16
+    num_buckets: int = 320
+    max_distance: int = 800
+    max_cached_steps: int = 2048
+    dropout: float = 0.0
+    causal: bool = True
+    window_size: int = 512
+    lookahead_size: int = 3
+    use_flex_attention: bool = False
+    codec_config: str = "lucadellalib/focalcodec_50hz_4k_causal"
+    toks_per_step: int = 4
+
+    @property
+    def chunk_size(self) -> int:
+        return 1 + self.lookahead_size
+
+
+class WavSLM(nn.Module):
+    """The language model, optionally holding its (frozen) codec as `self.codec`."""
+
+    def __init__(self, config: WavSLMConfig, codec: "Codec | None" = None):
+        super().__init__()
+        self.config = config
+        self.encoder = TransformerEncoder(
+            num_layers=config.num_layers,
+            dim=config.dim,
+            ffn_dim=config.ffn_dim,
+            num_heads=config.num_heads,
+            num_buckets=config.num_buckets,
+            max_distance=config.max_distance,
+            dropout=config.dropout,
+            causal=config.causal,
+            window_size=config.window_size,
+            chunk_size=config.chunk_size,
+            final_norm=True,
+        )
+        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.codec = None
+        if codec is not None:
+            self.attach_codec(codec)
+
+    def attach_codec(self, codec: "Codec") -> None:
+        """Use `codec` to turn tokens into features and back; it is frozen and never saved with the LM."""
+        if codec.vocab_size != self.config.vocab_size:
+            raise InputError(
+                f"the codec has {codec.vocab_size} codes but the language model predicts {self.config.vocab_size}"
+            )
+        if codec.feature_dim != self.config.dim:
+            raise InputError(f"the codec's features have {codec.feature_dim} dims but the LM expects {self.config.dim}")
+        self.codec = codec.eval().requires_grad_(False)
+
+    @property
+    def toks_per_step(self) -> int:
+        return self.config.toks_per_step
+
+    def forward(
+        self, qfeats: Tensor, state: TransformerState | None = None, use_cache: bool = True
+    ) -> tuple[Tensor, TransformerState | None]:
+        """`qfeats (B, T, D) -> logits (B, T, V)` and the state to continue from.
+
+        Any number of new frames per call. The state is updated in place (its key/value cache is
+        preallocated); `use_cache=False` (training) returns no state.
+        """
+        feats, state = self.encoder(qfeats, state, use_cache=use_cache)
+        return self.head(feats), state
+
+    def _require_codec(self) -> "Codec":
+        if self.codec is None:
+            raise InputError("this language model has no codec attached; load it with WavSLM.from_pretrained")
+        return self.codec
+
+    @torch.inference_mode()
+    def score(self, toks: Tensor, reduction: str = "mean") -> Tensor:
+        """Next-chunk negative log-likelihood of each sequence `toks (B, T) -> (B,)`.
+
+        Every token `t >= toks_per_step` is predicted by the logits at `t - toks_per_step`; `reduction`
+        is "mean" (per predicted token) or "sum".
+        """
+        if reduction not in ("mean", "sum"):
+            raise InputError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        C = self.toks_per_step
+        if toks.ndim != 2 or toks.shape[1] <= C:
+            raise InputError(f"score needs token sequences (B, T) longer than {C} tokens, got {tuple(toks.shape)}")
+        logits, _ = self(self._require_codec().dequantize(toks), use_cache=False)
+        return next_chunk_nll(logits, toks, C, reduction)
+
+    # ---- generation (loops live in generation.py) -------------------------------------------------
+
+    def generate(self, *args: Any, **kwargs: Any):
+        """Continue a prompt; see `wavslm.generation.generate` for the arguments."""
+        from .generation import generate
+
+        return generate(self, *args, **kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any):
+        """Yield audio chunks as they are generated; see `wavslm.generation.stream`."""
+        from .generation import stream
+
+        return stream(self, *args, **kwargs)
+
+    # ---- loading and saving -----------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        ref: str | os.PathLike,
+        codec: "Codec | str | os.PathLike | None" = None,
+        allow_pickle: bool = False,
+        load_codec: bool = True,
+    ) -> "WavSLM":
+        """Load a released-layout LM and the codec its config names (or the `codec` given).
+
+        `codec_config` is resolved relative to the model's folder first, then as a Hub id. Pass a
+        loaded `Codec` to avoid any second lookup, or `load_codec=False` to work on features only.
+        """
+        from .codec import Codec
+
+        resolved = hub.resolve(ref, allow_pickle)
+        config = hub.config_from_dict(WavSLMConfig, hub.read_json(resolved.config), resolved.config)
+        if resolved.weights is None:
+            raise InputError(f"model '{ref}' has no weights (model.safetensors) beside {resolved.config.name}")
+        model = cls(config)
+        hub.load_state(model, hub.load_weights(resolved.weights), resolved.weights)
+        if isinstance(codec, Codec):
+            model.attach_codec(codec)
+        elif codec is not None or load_codec:
+            model.attach_codec(_load_codec(codec or config.codec_config, resolved, allow_pickle))
+        return model.eval()
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write the released layout: `config.json` + `model.safetensors` (no `codec.*` weights)."""
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("codec.")}
+        return hub.save_folder(folder, asdict(self.config), state)
+
+
+def _load_codec(ref: "str | os.PathLike", model: hub.Resolved, allow_pickle: bool) -> "Codec":
+    from .codec import Codec
+
+    local = (model.folder / ref) if not os.path.isabs(ref) else Path(ref)
+    target = local if local.exists() or local.with_name(local.name + ".json").exists() else ref
+    try:
+        return Codec.from_pretrained(target, allow_pickle=allow_pickle)
+    except InputError as error:
+        raise InputError(f"cannot load the codec '{ref}' named by {model.config}: {error}") from error
+
+
+def next_chunk_nll(logits: Tensor, toks: Tensor, step: int, reduction: str = "mean") -> Tensor:
+    """Per-sequence NLL where `logits[:, t]` predicts `toks[:, t + step]`: `(B, T, V), (B, T) -> (B,)`."""
+    B = toks.shape[0]
+    nll = F.cross_entropy(
+        logits[:, :-step].reshape(-1, logits.shape[-1]).float(), toks[:, step:].reshape(-1), reduction="none"
+    ).view(B, -1)
+    return nll.mean(1) if reduction == "mean" else nll.sum(1)

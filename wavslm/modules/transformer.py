@@ -1,0 +1,170 @@
+"""The WavLM transformer stack (pre-LN layers sharing one relative position bias), bidirectional or causal.
+
+Used three ways: the LM backbone (causal, final LayerNorm), the codec's WavLM encoder (causal or not,
+convolutional positional embedding, no final norm) and the Hugging Face WavLM import (bidirectional,
+convolutional positional embedding, final LayerNorm).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import FeedForward, KVCache, MultiHeadAttention, chunk_mask, position_bias
+
+
+class TransformerLayer(nn.Module):
+    """Pre-LN WavLM layer: `x + attn(LN(x))`, then `x + ffn(LN(x))`."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim)
+        self.attention = MultiHeadAttention(dim, num_heads, dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.feed_forward_norm = nn.LayerNorm(dim)
+        self.feed_forward = FeedForward(dim, ffn_dim, dropout)
+
+    def forward(
+        self, x: Tensor, bias: Tensor, mask: Tensor | None, cache: KVCache | None = None, keep_from: int = 0
+    ) -> Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), bias, mask, cache, keep_from))
+        return x + self.feed_forward(self.feed_forward_norm(x))
+
+
+@dataclass
+class ConvPosState:
+    """Last `kernel_size - 1` input frames `(B, K - 1, D)` of the causal positional convolution."""
+
+    context: Tensor
+
+
+class ConvPositionalEmbedding(nn.Module):
+    """Grouped convolution over time added to the features (WavLM's absolute position signal).
+
+    Bidirectional: centred ('same') padding, dropping the extra frame of an even kernel. Causal: left
+    context only; the first call pads by repeating the first frame.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, groups: int, causal: bool = False):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.causal = causal
+        self.conv = nn.Conv1d(dim, dim, kernel_size, groups=groups)
+
+    def forward(self, x: Tensor, state: ConvPosState | None = None) -> tuple[Tensor, ConvPosState | None]:
+        """`(B, T, D) -> (B, T, D)` positional embeddings (not yet added)."""
+        x = x.transpose(1, 2)
+        K = self.kernel_size
+        if self.causal:
+            left = x[:, :, :1].expand(-1, -1, K - 1) if state is None else state.context.transpose(1, 2)
+            x = torch.cat([left, x], dim=-1)
+            state = ConvPosState(x[:, :, x.shape[-1] - (K - 1) :].transpose(1, 2))
+            y = self.conv(x)
+        else:
+            y = self.conv(F.pad(x, (K // 2, K // 2)))
+            if K % 2 == 0:
+                y = y[..., :-1]
+        return F.gelu(y).transpose(1, 2), state
+
+
+@dataclass
+class TransformerState:
+    """Streaming state of a causal stack: frames seen so far, per-layer caches, conv context."""
+
+    pos: int = 0
+    caches: list[KVCache] = field(default_factory=list)
+    conv: ConvPosState | None = None
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of WavLM layers with one relative position embedding shared by all layers.
+
+    Causal mode attends within aligned chunks of `chunk_size` frames and `window_size` frames back
+    (see `modules.attention`); it streams with a `TransformerState`. Bidirectional mode sees everything.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        num_buckets: int = 320,
+        max_distance: int = 800,
+        dropout: float = 0.0,
+        causal: bool = False,
+        window_size: int = 512,
+        chunk_size: int = 4,
+        conv_pos: int = 0,
+        conv_pos_groups: int = 16,
+        final_norm: bool = False,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.max_distance = max_distance
+        self.causal = causal
+        self.window_size = window_size
+        self.chunk_size = chunk_size
+        if conv_pos:
+            self.positional_embedding = ConvPositionalEmbedding(dim, conv_pos, conv_pos_groups, causal)
+        self.relative_embedding = nn.Embedding(num_buckets, num_heads)
+        self.layers = nn.ModuleList(TransformerLayer(dim, ffn_dim, num_heads, dropout) for _ in range(num_layers))
+        self.dropout = nn.Dropout(dropout)
+        if final_norm:
+            self.norm = nn.LayerNorm(dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        state: TransformerState | None = None,
+        use_cache: bool = True,
+        hidden: list[Tensor] | None = None,
+    ) -> tuple[Tensor, TransformerState | None]:
+        """`(B, T, D) -> (B, T, D)`, continuing from `state` (causal only).
+
+        `use_cache=False` skips building a key/value cache (training); the returned state is then None.
+        If `hidden` is a list, every layer's input and the last layer's output (before the final norm)
+        are appended to it, as Hugging Face's `hidden_states`.
+        """
+        B, T, _ = x.shape
+        if not self.causal and state is not None:
+            raise ValueError("a bidirectional transformer has no streaming state")
+        conv_state = None
+        if hasattr(self, "positional_embedding"):
+            pos_emb, conv_state = self.positional_embedding(x, state.conv if state is not None else None)
+            x = x + pos_emb
+        x = self.dropout(x)
+
+        start = state.pos if state is not None else 0
+        q_pos = torch.arange(start, start + T, device=x.device)
+        caches: list[KVCache] = []
+        keep_from = 0
+        if self.causal:
+            C, W = self.chunk_size, self.window_size
+            # The earliest key any query of this call (and of later calls) can see.
+            keep_from = max(0, start - start % C + C - W)
+            if use_cache:
+                caches = state.caches if state is not None and state.caches else [
+                    KVCache.empty(B, self.num_heads, self.head_dim, W + 16 * C, x) for _ in self.layers
+                ]
+            first = caches[0].first_kept(keep_from) if caches else start
+            k_pos = torch.arange(first, start + T, device=x.device)
+            mask = chunk_mask(q_pos, k_pos, C, W)
+            mask = None if bool(mask.all()) else mask
+        else:
+            k_pos, mask = q_pos, None
+        bias = position_bias(self.relative_embedding, q_pos, k_pos, self.max_distance).to(x.dtype)
+
+        for i, layer in enumerate(self.layers):
+            if hidden is not None:
+                hidden.append(x)
+            x = layer(x, bias, mask, caches[i] if caches else None, keep_from)
+        if hidden is not None:
+            hidden.append(x)
+        if hasattr(self, "norm"):
+            x = self.norm(x)
+        if not self.causal or (not use_cache and conv_state is None):
+            return x, None
+        return x, TransformerState(start + T, caches, conv_state)

@@ -1,0 +1,240 @@
+"""WavLM: convolutional feature extractor + transformer, and the import of Hugging Face WavLM checkpoints.
+
+The same module serves as the codec's encoder (FocalCodec's `encoder_config` keys, causal or not, no
+final norm) and as a faithful copy of a Hugging Face `microsoft/wavlm-*` model (pre-LayerNorm "large"
+layout, final LayerNorm), whose upper layers initialise the language model.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import hub
+from .errors import InputError
+from .modules.transformer import TransformerEncoder, TransformerState
+
+
+@dataclass
+class WavLMConfig:
+    """FocalCodec's `encoder_config` keys, plus `conv_bias` and `final_norm` for Hugging Face models."""
+
+    hidden_dims: list[int] = field(default_factory=lambda: [512] * 7)
+    kernel_sizes: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
+    strides: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
+    num_layers: int = 6
+    dim: int = 1024
+    ffn_dim: int = 4096
+    num_heads: int = 16
+    num_buckets: int = 320
+    max_distance: int = 800
+    max_cached_steps: int = 2048
+    dropout: float = 0.0
+    conv_pos: int = 128
+    conv_pos_groups: int = 16
+    causal: bool = False
+    window_size: int = 512
+    lookahead_size: int = 3
+    use_flex_attention: bool = False
+    conv_bias: bool = False
+    final_norm: bool = False
+
+    @property
+    def hop_length(self) -> int:
+        """Input samples per output frame (320 for WavLM)."""
+        hop = 1
+        for s in self.strides:
+            hop *= s
+        return hop
+
+
+class ConvBlock(nn.Module):
+    """Strided conv -> dropout -> LayerNorm over channels -> GELU, on `(B, N, C)`.
+
+    Causal: left context only; the first call repeats the first sample, later calls carry the last
+    `kernel_size - 1` inputs. Bidirectional: no padding (inputs shorter than the kernel are zero-padded).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int, bias: bool, dropout: float, causal: bool):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.causal = causal
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel_size, stride, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x = x.transpose(1, 2)
+        K = self.kernel_size
+        if self.causal:
+            left = x[:, :, :1].expand(-1, -1, K - 1) if context is None else context
+            x = torch.cat([left, x], dim=-1)
+            context = x[:, :, x.shape[-1] - (K - 1) :]
+        elif x.shape[-1] < K:
+            x = F.pad(x, (0, K - x.shape[-1]))
+        y = self.norm(self.dropout(self.conv(x)).transpose(1, 2))
+        return F.gelu(y), context
+
+
+class FeatureExtractor(nn.Module):
+    """The 7-layer conv front end: `sig (B, N) -> (B, N / hop, hidden_dims[-1])`."""
+
+    def __init__(self, config: WavLMConfig):
+        super().__init__()
+        dims = [1, *config.hidden_dims]
+        self.layers = nn.ModuleList(
+            ConvBlock(dims[i], dims[i + 1], k, s, config.conv_bias, config.dropout, config.causal)
+            for i, (k, s) in enumerate(zip(config.kernel_sizes, config.strides, strict=True))
+        )
+
+    def forward(self, sig: Tensor, contexts: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+        x, new = sig[:, :, None], []
+        for i, layer in enumerate(self.layers):
+            x, ctx = layer(x, contexts[i] if contexts else None)
+            new.append(ctx)
+        return x, new
+
+
+@dataclass
+class WavLMState:
+    """Streaming state: conv front-end contexts and the transformer's state."""
+
+    conv: list[Tensor]
+    transformer: TransformerState
+
+
+class WavLM(nn.Module):
+    """`sig (B, N) at 16 kHz -> feats (B, T, D)` at 50 frames/s; causal mode streams with `WavLMState`."""
+
+    def __init__(self, config: WavLMConfig):
+        super().__init__()
+        self.config = config
+        self.feature_extractor = FeatureExtractor(config)
+        self.norm = nn.LayerNorm(config.hidden_dims[-1])
+        self.feature_proj = nn.Linear(config.hidden_dims[-1], config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = TransformerEncoder(
+            num_layers=config.num_layers,
+            dim=config.dim,
+            ffn_dim=config.ffn_dim,
+            num_heads=config.num_heads,
+            num_buckets=config.num_buckets,
+            max_distance=config.max_distance,
+            dropout=config.dropout,
+            causal=config.causal,
+            window_size=config.window_size,
+            chunk_size=1 + config.lookahead_size,
+            conv_pos=config.conv_pos,
+            conv_pos_groups=config.conv_pos_groups,
+            final_norm=config.final_norm,
+        )
+
+    def extract(self, sig: Tensor, contexts: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+        """Normalised conv features `(B, T, hidden_dims[-1])` (Hugging Face's `extract_features`)."""
+        x, contexts = self.feature_extractor(sig, contexts)
+        return self.norm(x), contexts
+
+    def forward(
+        self, sig: Tensor, state: WavLMState | None = None, hidden: list[Tensor] | None = None
+    ) -> tuple[Tensor, WavLMState | None]:
+        """`sig (B, N) -> feats (B, T, D)`; `hidden`, if a list, receives every layer's input and the output."""
+        x, contexts = self.extract(sig, state.conv if state is not None else None)
+        x = self.dropout(self.feature_proj(x))
+        x, tstate = self.encoder(x, state.transformer if state is not None else None, hidden=hidden)
+        return x, (WavLMState(contexts, tstate) if self.config.causal else None)
+
+
+# ---- Hugging Face import ------------------------------------------------------------------------------
+
+
+def config_from_hf(values: dict, source: str | os.PathLike) -> WavLMConfig:
+    """Translate a Hugging Face `WavLMConfig` dict; only the pre-LayerNorm ("large") layout is supported."""
+    if values.get("model_type") != "wavlm":
+        raise InputError(f"config '{source}' is not a WavLM config (model_type={values.get('model_type')!r})")
+    if not values.get("do_stable_layer_norm") or values.get("feat_extract_norm") != "layer":
+        raise InputError(
+            f"config '{source}' describes a post-LayerNorm WavLM (base); only the pre-LayerNorm layout "
+            "(microsoft/wavlm-large and its kind) can be imported"
+        )
+    return WavLMConfig(
+        hidden_dims=list(values["conv_dim"]),
+        kernel_sizes=list(values["conv_kernel"]),
+        strides=list(values["conv_stride"]),
+        num_layers=values["num_hidden_layers"],
+        dim=values["hidden_size"],
+        ffn_dim=values["intermediate_size"],
+        num_heads=values["num_attention_heads"],
+        num_buckets=values["num_buckets"],
+        max_distance=values["max_bucket_distance"],
+        conv_pos=values["num_conv_pos_embeddings"],
+        conv_pos_groups=values["num_conv_pos_embedding_groups"],
+        conv_bias=values["conv_bias"],
+        final_norm=True,
+    )
+
+
+_HF_LAYER_NAMES = {
+    "layer_norm": "attention_norm",
+    "final_layer_norm": "feed_forward_norm",
+    "feed_forward.intermediate_dense": "feed_forward.in_proj",
+    "feed_forward.output_dense": "feed_forward.out_proj",
+}
+
+
+def state_from_hf(hf: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a Hugging Face WavLM state dict to ours: fuse q/k/v, fold the weight norm, move buckets."""
+    hf = {k.removeprefix("wavlm."): v for k, v in hf.items()}
+    out: dict[str, Tensor] = {}
+    for key, value in hf.items():
+        if key.startswith("feature_extractor.conv_layers."):
+            out[key.replace("conv_layers.", "layers.").replace(".layer_norm.", ".norm.")] = value
+        elif key.startswith("feature_projection."):
+            out[key.replace("feature_projection.layer_norm", "norm").replace("feature_projection.projection", "feature_proj")] = value
+        elif key.startswith("encoder.layer_norm."):
+            out[key.replace("encoder.layer_norm", "encoder.norm")] = value
+        elif key.startswith("encoder.layers."):
+            _, _, index, rest = key.split(".", 3)
+            prefix = f"encoder.layers.{index}."
+            if rest.startswith("attention.rel_attn_embed."):
+                out["encoder.relative_embedding." + rest.rsplit(".", 1)[1]] = value
+            elif rest.startswith(("attention.q_proj.", "attention.k_proj.", "attention.v_proj.")):
+                kind = rest.rsplit(".", 1)[1]
+                if rest.startswith("attention.q_proj."):
+                    parts = [hf[f"{prefix}attention.{p}_proj.{kind}"] for p in "qkv"]
+                    out[f"{prefix}attention.qkv_proj.{kind}"] = torch.cat(parts, dim=0)
+            else:
+                for old, new in _HF_LAYER_NAMES.items():
+                    if rest.startswith(old + "."):
+                        rest = new + rest[len(old) :]
+                        break
+                out[prefix + rest] = value
+    out.update(_fold_weight_norm(hf))
+    return out
+
+
+def _fold_weight_norm(hf: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The positional conv is stored weight-normalised over the kernel axis: w = g * v / ||v||."""
+    base = "encoder.pos_conv_embed.conv."
+    g = hf.get(base + "parametrizations.weight.original0", hf.get(base + "weight_g"))
+    v = hf.get(base + "parametrizations.weight.original1", hf.get(base + "weight_v"))
+    if g is None or v is None:
+        raise InputError("the Hugging Face WavLM checkpoint has no positional convolution weights")
+    weight = g * v / v.norm(dim=(0, 1), keepdim=True)
+    return {"encoder.positional_embedding.conv.weight": weight, "encoder.positional_embedding.conv.bias": hf[base + "bias"]}
+
+
+_HF_IGNORED = ("masked_spec_embed", "quantizer.", "project_", "lm_head.", "adapter.")
+
+
+def from_hf(ref: str | os.PathLike, allow_pickle: bool = False) -> WavLM:
+    """Load a Hugging Face WavLM (folder or Hub id, e.g. `microsoft/wavlm-large`) as a bidirectional `WavLM`."""
+    resolved = hub.resolve(ref, allow_pickle)
+    config = config_from_hf(hub.read_json(resolved.config), resolved.config)
+    if resolved.weights is None:
+        raise InputError(f"WavLM '{ref}' has no model.safetensors (pass allow_pickle=True to read pytorch_model.bin)")
+    hf = {k: v for k, v in hub.load_weights(resolved.weights).items() if not k.removeprefix("wavlm.").startswith(_HF_IGNORED)}
+    model = WavLM(config)
+    hub.load_state(model, state_from_hf(hf), resolved.weights)
+    return model.eval()
