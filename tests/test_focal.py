@@ -180,9 +180,9 @@ def test_empty_pieces_keep_the_stream():
 
 
 def test_config_keys_checked():
-    with pytest.raises(InputError, match="unknown compressor_config key"):
+    with pytest.raises(InputError, match="compressor_config has unknown keys"):
         FocalCompressor.from_config({"input_dim": 8, "bogus": 1})
-    with pytest.raises(InputError, match="unknown decompressor_config key"):
+    with pytest.raises(InputError, match="decompressor_config has unknown keys"):
         FocalDecompressor({"lookahead": 3})
     with pytest.raises(InputError, match="equal length"):
         FocalDecompressorConfig.from_dict({"hidden_dims": [8, 8], "upscale_factors": [1]})

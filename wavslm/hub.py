@@ -9,14 +9,13 @@ Pickled `.pt`/`.bin` weights are read only when the caller passes `allow_pickle=
 `torch.load(weights_only=True)`.
 """
 
-import dataclasses
 import json
 import os
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -26,9 +25,6 @@ from torch import Tensor
 from .errors import InputError
 
 _HUB_ID = re.compile(r"[\w\-.]+/[\w\-.]+(/[\w\-./]+\.json)?")
-
-C = TypeVar("C")
-
 
 @dataclass(frozen=True)
 class Resolved:
@@ -86,7 +82,11 @@ def _download(ref: str, allow_pickle: bool) -> Resolved:
 def _hub_file(ref: str, repo_id: str, filename: str) -> Path | None:
     """Download one file (or take it from the local cache); None if the repository lacks it."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return Path(hf_hub_download(repo_id, filename))
@@ -122,20 +122,6 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InputError(f"config '{path}' must hold a JSON object, not {type(value).__name__}")
     return value
-
-
-def config_from_dict(cls: type[C], values: dict[str, Any], source: str | os.PathLike) -> C:
-    """Build the dataclass `cls` from `values`; unknown or mistyped keys are an `InputError`."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise InputError(f"config '{source}' has unknown keys: {', '.join(unknown)}")
-    for name, value in values.items():
-        expected = fields[name].type
-        kinds = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(str(expected))
-        if kinds is not None and (not isinstance(value, kinds) or (kinds is int and isinstance(value, bool))):
-            raise InputError(f"config '{source}': key '{name}' must be {expected}, got {value!r}")
-    return cls(**values)
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:

@@ -6,7 +6,7 @@ token `t + toks_per_step`.
 """
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import hub
+from .config import from_dict, to_dict
 from .errors import InputError
 from .modules.transformer import TransformerEncoder, TransformerState
 
@@ -152,7 +153,7 @@ class WavSLM(nn.Module):
         from .codec import Codec
 
         resolved = hub.resolve(ref, allow_pickle)
-        config = hub.config_from_dict(WavSLMConfig, hub.read_json(resolved.config), resolved.config)
+        config = from_dict(WavSLMConfig, hub.read_json(resolved.config), f"config '{resolved.config}'")
         if resolved.weights is None:
             raise InputError(f"model '{ref}' has no weights (model.safetensors) beside {resolved.config.name}")
         model = cls(config)
@@ -166,7 +167,7 @@ class WavSLM(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write the released layout: `config.json` + `model.safetensors` (no `codec.*` weights)."""
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("codec.")}
-        return hub.save_folder(folder, asdict(self.config), state)
+        return hub.save_folder(folder, to_dict(self.config), state)
 
 
 def _load_codec(ref: "str | os.PathLike", model: hub.Resolved, allow_pickle: bool) -> "Codec":

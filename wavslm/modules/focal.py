@@ -23,13 +23,14 @@ Parameter names follow the released checkpoints (`layers.0.focal_block.modulatio
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import from_dict, to_dict
 from ..errors import InputError
 from .attention import FeedForward
 from .conv import StreamingConv1d
@@ -63,7 +64,7 @@ class FocalCompressorConfig:
         return _config_from_dict(cls, config, "compressor_config", "downscale_factors")
 
     def to_dict(self) -> dict[str, Any]:
-        return _config_to_dict(self)
+        return to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -93,23 +94,14 @@ class FocalDecompressorConfig:
         return _config_from_dict(cls, config, "decompressor_config", "upscale_factors")
 
     def to_dict(self) -> dict[str, Any]:
-        return _config_to_dict(self)
+        return to_dict(self)
 
 
 def _config_from_dict(cls, config: Mapping[str, Any], what: str, factors_key: str):
-    known = [f.name for f in fields(cls)]
-    unknown = sorted(set(config) - set(known))
-    if unknown:
-        raise InputError(f"unknown {what} key(s) {unknown}; expected some of {known}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    cfg = cls(**values)
+    cfg = from_dict(cls, dict(config), what)
     if len(cfg.hidden_dims) != len(getattr(cfg, factors_key)) or not cfg.hidden_dims:
         raise InputError(f"{what}: hidden_dims and {factors_key} must be non-empty and of equal length")
     return cfg
-
-
-def _config_to_dict(cfg) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
 
 
 _FocalConfig = FocalCompressorConfig | FocalDecompressorConfig

@@ -13,7 +13,6 @@ samples depends on the variant, as in the released FocalCodec models:
 A causal stream assumes copies of its first frame before the start (replicate padding), unlike WaveNeXt.
 """
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wavslm.config import from_dict, to_dict
 from wavslm.errors import InputError
-from wavslm.modules.wavenext import ConvNeXtBackbone, ConvNeXtState, config_from_dict
+from wavslm.modules.wavenext import ConvNeXtBackbone, ConvNeXtState
 
 # Keys that older released configs carry: `input_channels` is the old name of `input_dim` and wins over
 # it, `padding` is ignored (it follows `causal`).
@@ -49,10 +49,10 @@ class VocosConfig:
         legacy = {key: values.pop(key) for key in _LEGACY_KEYS if key in values}
         if legacy.get("input_channels") is not None:
             values["input_dim"] = legacy["input_channels"]
-        return config_from_dict(cls, values, "Vocos decoder")
+        return from_dict(cls, values, "decoder_config (Vocos)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
 
 VocosState = ConvNeXtState

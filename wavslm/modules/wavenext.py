@@ -12,27 +12,15 @@ Parameter names are those of the released FocalCodec checkpoints (`backbone.embe
 `backbone.layers.N.{dwconv,norm,pwconv1,pwconv2,gamma}`, `backbone.{input,output}_norm`, `head.proj`).
 """
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wavslm.errors import InputError
+from wavslm.config import from_dict, to_dict
 from wavslm.modules.conv import PadMode, StreamingConv1d
-
-_Config = TypeVar("_Config")
-
-
-def config_from_dict(cls: type[_Config], values: dict[str, Any], what: str) -> _Config:
-    """Build the dataclass `cls` from `values`; any key it does not declare is an `InputError`."""
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"unknown {what} config keys {unknown}; expected a subset of {sorted(known)}")
-    return cls(**values)
 
 
 class ConvNeXtState(NamedTuple):
@@ -129,10 +117,10 @@ class WaveNeXtConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "WaveNeXtConfig":
-        return config_from_dict(cls, values, "WaveNeXt decoder")
+        return from_dict(cls, values, "decoder_config (WaveNeXt)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
 
 WaveNeXtState = ConvNeXtState

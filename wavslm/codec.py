@@ -1,0 +1,279 @@
+"""The codec: speech <-> one stream of tokens (FocalCodec-Stream layout), offline and streaming.
+
+    encode:      sig (B, N) 16 kHz -> WavLM feats (B, T, D) -> compressor lats (B, T, bits) -> toks (B, T)
+    dequantize:  toks (B, T) -> codes (B, T, bits) -> decompressor -> qfeats (B, T, D)   (the LM's input)
+    synthesize:  qfeats (B, T, D) -> decoder -> sig (B, T * hop) at 24 kHz
+    decode:      synthesize(dequantize(toks))
+
+`codec.streaming(batch_size)` gives a session that does the same 80 ms at a time, carrying every
+module's state; its results equal the offline ones.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import hub
+from .config import from_dict
+from .errors import InputError
+from .modules.bsq import BinarySphericalQuantizer
+from .modules.focal import FocalCompressor, FocalDecompressor
+from .modules.vocos import Vocos, VocosConfig
+from .modules.wavenext import WaveNeXt, WaveNeXtConfig
+from .wavlm import WavLM, WavLMConfig
+
+_PARTS: dict[str, dict[str, Callable[[dict], nn.Module]]] = {
+    "encoder": {"WavLM": lambda c: WavLM(from_dict(WavLMConfig, c, "encoder_config"))},
+    "compressor": {"FocalEncoder": FocalCompressor.from_config},
+    "quantizer": {"BinarySphericalQuantizer": BinarySphericalQuantizer.from_config},
+    "decompressor": {"FocalDecoder": FocalDecompressor.from_config},
+    "decoder": {
+        "WaveNeXt": lambda c: WaveNeXt(WaveNeXtConfig.from_dict(c)),
+        "Vocos": lambda c: Vocos(VocosConfig.from_dict(c)),
+    },
+}
+
+
+@dataclass
+class CodecConfig:
+    """The released FocalCodec `config.json`: a module name and its config for each of the five parts."""
+
+    encoder_name: str = "WavLM"
+    encoder_config: dict[str, Any] = field(default_factory=dict)
+    compressor_name: str = "FocalEncoder"
+    compressor_config: dict[str, Any] = field(default_factory=dict)
+    quantizer_name: str = "BinarySphericalQuantizer"
+    quantizer_config: dict[str, Any] = field(default_factory=dict)
+    decompressor_name: str = "FocalDecoder"
+    decompressor_config: dict[str, Any] = field(default_factory=dict)
+    decoder_name: str = "WaveNeXt"
+    decoder_config: dict[str, Any] = field(default_factory=dict)
+
+
+class Codec(nn.Module):
+    """WavLM encoder -> focal compressor -> binary spherical quantizer -> focal decompressor -> decoder."""
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        self.config = config
+        for part, builders in _PARTS.items():
+            name = getattr(config, f"{part}_name")
+            if name not in builders:
+                raise InputError(f"unknown {part}_name {name!r}; expected one of {sorted(builders)}")
+            self.add_module(part, builders[name](getattr(config, f"{part}_config")))
+        if self.compressor.config.output_dim != self.quantizer.bits:
+            raise InputError(
+                f"the compressor emits {self.compressor.config.output_dim} dims but the quantizer needs "
+                f"{self.quantizer.bits} (codebook_size {self.quantizer.codebook_size})"
+            )
+
+    # ---- rates and sizes --------------------------------------------------------------------------
+
+    sample_rate_input = 16000
+
+    @property
+    def samples_per_token(self) -> int:
+        """Input samples per token (320 at 50 tokens/s)."""
+        return self.encoder.config.hop_length * self.compressor.downsample_factor
+
+    @property
+    def frame_rate(self) -> float:
+        """Tokens per second."""
+        return self.sample_rate_input / self.samples_per_token
+
+    @property
+    def sample_rate_output(self) -> int:
+        frames_per_token = self.decompressor.upsample_factor
+        return round(self.frame_rate * frames_per_token * self.decoder.hop_length)
+
+    @property
+    def chunk_size(self) -> int:
+        """Input samples per streaming step (1280 = 80 ms = 4 tokens for the released models)."""
+        return self.encoder.config.hop_length * (1 + self.encoder.config.lookahead_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of `qfeats`, the LM's input."""
+        return self.decompressor.config.output_dim
+
+    @property
+    def causal(self) -> bool:
+        return all(m.causal for m in (self.encoder.config, self.compressor, self.decompressor, self.decoder))
+
+    @property
+    def latency(self) -> float | None:
+        """Algorithmic latency in milliseconds of a streaming codec (None if not causal)."""
+        return 1000.0 * self.chunk_size / self.sample_rate_input if self.causal else None
+
+    # ---- offline ----------------------------------------------------------------------------------
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.inference_mode()
+    def encode(self, sig: Tensor) -> Tensor:
+        """`sig (B, N)` (or `(N,)`) float at `sample_rate_input` -> `toks (B, T)` int64."""
+        sig = self._check_sig(sig, self.chunk_size)
+        feats, _ = self.encoder(sig.to(self._device()))
+        lats, _ = self.compressor(feats)
+        return self.quantizer.lats_to_toks(lats)
+
+    @torch.inference_mode()
+    def dequantize(self, toks: Tensor) -> Tensor:
+        """`toks (B, T) -> qfeats (B, T * upsample, D)`, the features the language model reads."""
+        qfeats, _ = self.decompressor(self.quantizer.toks_to_codes(self._check_toks(toks)))
+        return qfeats
+
+    @torch.inference_mode()
+    def synthesize(self, qfeats: Tensor) -> Tensor:
+        """`qfeats (B, T, D) -> sig (B, T * hop)` at `sample_rate_output`."""
+        sig, _ = self.decoder(qfeats)
+        return sig
+
+    def decode(self, toks: Tensor) -> Tensor:
+        """`toks (B, T) -> sig (B, N')` at `sample_rate_output`."""
+        return self.synthesize(self.dequantize(toks))
+
+    def streaming(self, batch_size: int = 1) -> "CodecStream":
+        """A session that encodes and decodes 80 ms at a time: `with codec.streaming(B) as s: ...`."""
+        if not self.causal:
+            raise InputError("this codec is not causal, so it cannot stream; use encode/decode on whole signals")
+        return CodecStream(self, batch_size)
+
+    # ---- input checks -----------------------------------------------------------------------------
+
+    def _check_sig(self, sig: Tensor, minimum: int) -> Tensor:
+        if not isinstance(sig, Tensor) or not sig.is_floating_point():
+            raise InputError("the codec expects a float waveform tensor (B, N) at 16 kHz")
+        if sig.ndim == 1:
+            sig = sig[None]
+        if sig.ndim != 2:
+            raise InputError(f"the codec expects a waveform (B, N) or (N,), got shape {tuple(sig.shape)}")
+        if sig.shape[1] < minimum:
+            raise InputError(
+                f"the waveform has {sig.shape[1]} samples, shorter than one chunk ({minimum} samples = "
+                f"{1000 * minimum / self.sample_rate_input:.0f} ms)"
+            )
+        if not torch.isfinite(sig).all():
+            raise InputError("the waveform contains NaN or infinite samples")
+        return sig.float()
+
+    def _check_toks(self, toks: Tensor) -> Tensor:
+        if not isinstance(toks, Tensor) or toks.is_floating_point() or toks.ndim != 2:
+            raise InputError("tokens must be an integer tensor (B, T)")
+        if toks.numel() and (int(toks.min()) < 0 or int(toks.max()) >= self.vocab_size):
+            raise InputError(f"tokens must lie in [0, {self.vocab_size})")
+        return toks.to(self._device())
+
+    # ---- loading and saving -----------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, ref: str | os.PathLike, allow_pickle: bool = False) -> "Codec":
+        """Load a released FocalCodec folder, `.json` or Hub id (older q/k/v-split checkpoints included)."""
+        resolved = hub.resolve(ref, allow_pickle)
+        config = from_dict(CodecConfig, hub.read_json(resolved.config), f"codec config '{resolved.config}'")
+        if resolved.weights is None:
+            raise InputError(f"codec '{ref}' has no weights (model.safetensors) beside {resolved.config.name}")
+        codec = cls(config)
+        state = _remap_released(hub.load_weights(resolved.weights), list(codec.state_dict()))
+        hub.load_state(codec, state, resolved.weights)
+        return codec.eval()
+
+    def save_pretrained(self, folder: str | os.PathLike):
+        """Write the released layout: `config.json` + `model.safetensors`."""
+        return hub.save_folder(folder, vars(self.config).copy(), self.state_dict())
+
+
+def _remap_released(state: dict[str, Tensor], own_keys: list[str]) -> dict[str, Tensor]:
+    """Bring the first FocalCodec release (separate q/k/v, other focal module names) to today's keys.
+
+    That release named the focal layers differently but in the same order, so they map by sorted key.
+    """
+    if not any(k.endswith(("q_proj.weight", "q_proj.bias")) for k in state):
+        return state
+    out: dict[str, Tensor] = {}
+    for key in own_keys:
+        if key.startswith("encoder.") and ".qkv_proj." in key:
+            head, kind = key.rsplit(".qkv_proj.", 1)
+            out[key] = torch.cat([state[f"{head}.{p}_proj.{kind}"] for p in "qkv"], dim=0)
+        elif key.startswith(("encoder.", "decoder.")) and key in state:
+            out[key] = state[key]
+    for part in ("compressor.", "decompressor."):
+        mine = sorted(k for k in own_keys if k.startswith(part))
+        theirs = sorted(k for k in state if k.startswith(part))
+        out.update({m: state[t] for m, t in zip(mine, theirs, strict=False)})
+    return out
+
+
+@dataclass
+class CodecStream:
+    """Streaming session: each verb carries its own modules' state between calls.
+
+    `encode` buffers samples and returns the tokens of every complete chunk (4 tokens per 1280 samples);
+    `dequantize` and `synthesize` (and `decode`, both at once) accept any number of tokens/frames, and
+    equal the offline results when calls bring whole chunks.
+    """
+
+    codec: Codec
+    batch_size: int
+    _pending: Tensor | None = None
+    _encoder: Any = None
+    _compressor: Any = None
+    _decompressor: Any = None
+    _decoder: Any = None
+
+    def __enter__(self) -> "CodecStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._pending = self._encoder = self._compressor = self._decompressor = self._decoder = None
+
+    def _check_batch(self, x: Tensor) -> Tensor:
+        if x.ndim == 1 and self.batch_size == 1:
+            x = x[None]
+        if x.shape[0] != self.batch_size:
+            raise InputError(f"this stream was opened for batch size {self.batch_size}, got {x.shape[0]}")
+        return x
+
+    @torch.inference_mode()
+    def encode(self, sig: Tensor) -> Tensor:
+        """Append `sig (B, n)` samples; return the tokens `(B, 4k)` of the k chunks now complete."""
+        codec = self.codec
+        sig = self._check_batch(codec._check_sig(sig, 0) if sig.ndim == 2 else codec._check_sig(sig, 0)[0])
+        sig = sig.to(codec._device())
+        buf = sig if self._pending is None else torch.cat([self._pending, sig], dim=1)
+        usable = buf.shape[1] - buf.shape[1] % codec.chunk_size
+        self._pending = buf[:, usable:]
+        if usable == 0:
+            return torch.zeros(self.batch_size, 0, dtype=torch.long, device=buf.device)
+        feats, self._encoder = codec.encoder(buf[:, :usable], self._encoder)
+        lats, self._compressor = codec.compressor(feats, self._compressor)
+        return codec.quantizer.lats_to_toks(lats)
+
+    @torch.inference_mode()
+    def dequantize(self, toks: Tensor) -> Tensor:
+        """`toks (B, T) -> qfeats (B, T, D)`, continuing the decompressor's stream."""
+        codes = self.codec.quantizer.toks_to_codes(self.codec._check_toks(self._check_batch(toks)))
+        qfeats, self._decompressor = self.codec.decompressor(codes, self._decompressor)
+        return qfeats
+
+    @torch.inference_mode()
+    def synthesize(self, qfeats: Tensor) -> Tensor:
+        """`qfeats (B, T, D) -> sig (B, T * hop)`, continuing the decoder's stream."""
+        sig, self._decoder = self.codec.decoder(self._check_batch(qfeats), self._decoder)
+        return sig
+
+    def decode(self, toks: Tensor) -> Tensor:
+        """`toks (B, T) -> sig (B, T * hop)`: `synthesize(dequantize(toks))`."""
+        return self.synthesize(self.dequantize(toks))

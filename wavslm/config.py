@@ -1,0 +1,37 @@
+"""Dataclass configs from JSON/YAML dicts: unknown keys and mistyped values are one clear `InputError`."""
+
+import dataclasses
+from typing import Any, TypeVar
+
+from .errors import InputError
+
+C = TypeVar("C")
+
+_SCALARS: dict[Any, tuple[type, ...]] = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def from_dict(cls: type[C], values: dict[str, Any], source: object) -> C:
+    """Build the dataclass `cls` from `values`, naming `source` (a file or a config section) in errors.
+
+    Lists become tuples where the field is a tuple; scalar fields are type-checked (an int is accepted
+    for a float, a bool never for an int).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise InputError(f"{source} has unknown keys {unknown}; expected some of {sorted(fields)}")
+    clean = {}
+    for name, value in values.items():
+        kind = fields[name].type
+        allowed = _SCALARS.get(kind)
+        if allowed and (not isinstance(value, allowed) or (kind is not bool and isinstance(value, bool))):
+            raise InputError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
+        if isinstance(value, list) and getattr(kind, "__origin__", None) is tuple:
+            value = tuple(value)
+        clean[name] = value
+    return cls(**clean)
+
+
+def to_dict(config: object) -> dict[str, Any]:
+    """The JSON form of a config dataclass (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
