@@ -118,7 +118,7 @@ class Codec(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode(self, sig: Tensor) -> Tensor:
         """`sig (B, N)` (or `(N,)`) float at `sample_rate_input` -> `toks (B, T)` int64."""
         sig = self._check_sig(sig, self.chunk_size)
@@ -126,13 +126,13 @@ class Codec(nn.Module):
         lats, _ = self.compressor(feats)
         return self.quantizer.lats_to_toks(lats)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def dequantize(self, toks: Tensor) -> Tensor:
         """`toks (B, T) -> qfeats (B, T * upsample, D)`, the features the language model reads."""
         qfeats, _ = self.decompressor(self.quantizer.toks_to_codes(self._check_toks(toks)))
         return qfeats
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def synthesize(self, qfeats: Tensor) -> Tensor:
         """`qfeats (B, T, D) -> sig (B, T * hop)` at `sample_rate_output`."""
         sig, _ = self.decoder(qfeats)
@@ -246,7 +246,7 @@ class CodecStream:
             raise InputError(f"this stream was opened for batch size {self.batch_size}, got {x.shape[0]}")
         return x
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode(self, sig: Tensor) -> Tensor:
         """Append `sig (B, n)` samples; return the tokens `(B, 4k)` of the k chunks now complete."""
         codec = self.codec
@@ -261,14 +261,14 @@ class CodecStream:
         lats, self._compressor = codec.compressor(feats, self._compressor)
         return codec.quantizer.lats_to_toks(lats)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def dequantize(self, toks: Tensor) -> Tensor:
         """`toks (B, T) -> qfeats (B, T, D)`, continuing the decompressor's stream."""
         codes = self.codec.quantizer.toks_to_codes(self.codec._check_toks(self._check_batch(toks)))
         qfeats, self._decompressor = self.codec.decompressor(codes, self._decompressor)
         return qfeats
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def synthesize(self, qfeats: Tensor) -> Tensor:
         """`qfeats (B, T, D) -> sig (B, T * hop)`, continuing the decoder's stream."""
         sig, self._decoder = self.codec.decoder(self._check_batch(qfeats), self._decoder)

@@ -11,6 +11,7 @@ Pickled `.pt`/`.bin` weights are read only when the caller passes `allow_pickle=
 
 import json
 import os
+import pickle
 import re
 import tempfile
 from dataclasses import dataclass
@@ -129,9 +130,14 @@ def load_weights(path: Path) -> dict[str, Tensor]:
     path = Path(path)
     try:
         if path.suffix in (".pt", ".bin"):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as error:
+                raise InputError(f"weights '{path}' hold Python objects besides tensors; refusing to unpickle them") from error
             return state.get("model", state) if isinstance(state, dict) else state
         return load_file(path)
+    except InputError:
+        raise
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         raise InputError(f"cannot read weights '{path}': the file is corrupt or not a checkpoint") from error
 

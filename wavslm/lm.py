@@ -164,6 +164,50 @@ class WavSLM(nn.Module):
             model.attach_codec(_load_codec(codec or config.codec_config, resolved, allow_pickle))
         return model.eval()
 
+    @classmethod
+    def from_wavlm(
+        cls,
+        wavlm_ref: str | os.PathLike,
+        first_layer: int = 6,
+        num_layers: int | None = None,
+        vocab_size: int = 4096,
+        codec_config: str = WavSLMConfig.codec_config,
+        window_size: int = 512,
+        lookahead_size: int = 3,
+        allow_pickle: bool = False,
+    ) -> "WavSLM":
+        """A new LM whose backbone is a Hugging Face WavLM's upper layers (0-based `first_layer` on).
+
+        The paper's model takes WavLM-Large layers 7-24 (`first_layer=6`, 18 layers); the relative
+        position embedding and the final LayerNorm come from the same checkpoint, the head is fresh.
+        """
+        from .wavlm import from_hf
+
+        wavlm = from_hf(wavlm_ref, allow_pickle)
+        total = wavlm.config.num_layers
+        num_layers = total - first_layer if num_layers is None else num_layers
+        if not 0 <= first_layer < total or num_layers < 1 or first_layer + num_layers > total:
+            raise InputError(f"layers {first_layer}..{first_layer + (num_layers or 0) - 1} do not exist in a {total}-layer WavLM")
+        src = wavlm.config
+        config = WavSLMConfig(
+            vocab_size=vocab_size,
+            num_layers=num_layers,
+            dim=src.dim,
+            ffn_dim=src.ffn_dim,
+            num_heads=src.num_heads,
+            num_buckets=src.num_buckets,
+            max_distance=src.max_distance,
+            window_size=window_size,
+            lookahead_size=lookahead_size,
+            codec_config=codec_config,
+        )
+        model = cls(config)
+        model.encoder.relative_embedding.load_state_dict(wavlm.encoder.relative_embedding.state_dict())
+        model.encoder.norm.load_state_dict(wavlm.encoder.norm.state_dict())
+        for i, layer in enumerate(model.encoder.layers):
+            layer.load_state_dict(wavlm.encoder.layers[first_layer + i].state_dict())
+        return model
+
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write the released layout: `config.json` + `model.safetensors` (no `codec.*` weights)."""
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("codec.")}

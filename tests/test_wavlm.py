@@ -1,0 +1,69 @@
+"""WavLM: parity with Hugging Face's WavLM on the reference checkpoint, and the LM built from its layers."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wavslm import InputError, WavSLM
+from wavslm.wavlm import WavLM, WavLMConfig, from_hf
+
+
+@pytest.fixture
+def hf_dir(reference):
+    return reference / "hf_wavlm_tiny"
+
+
+@torch.no_grad()
+def test_every_hidden_state_matches_hugging_face(hf_dir):
+    model = from_hf(hf_dir)
+    io = load_file(hf_dir / "io.safetensors")
+    extract, _ = model.extract(io["sig"])
+    assert (extract - io["extract_features"]).abs().max() < 1e-4
+    hidden = []
+    last, _ = model(io["sig"], hidden=hidden)
+    assert len(hidden) == model.config.num_layers + 1
+    for i, h in enumerate(hidden):
+        assert (h - io[f"hidden_state_{i}"]).abs().max() < 1e-4, i
+    assert (last - io["last_hidden_state"]).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_lm_from_the_upper_layers_computes_those_layers(hf_dir):
+    """With its mask lifted, the LM backbone from layers 1..2 maps hidden state 1 to the last hidden state."""
+    io = load_file(hf_dir / "io.safetensors")
+    lm = WavSLM.from_wavlm(hf_dir, first_layer=1, vocab_size=64, window_size=16)
+    assert lm.config.num_layers == 2 and lm.config.num_buckets == 32 and lm.config.max_distance == 64
+    assert lm.codec is None
+    lm.encoder.causal = False
+    out, _ = lm.encoder(io["hidden_state_1"], use_cache=False)
+    assert (out - io["last_hidden_state"]).abs().max() < 1e-4
+    with pytest.raises(InputError, match="do not exist in a 3-layer WavLM"):
+        WavSLM.from_wavlm(hf_dir, first_layer=2, num_layers=2)
+
+
+def test_post_layernorm_wavlm_is_refused_clearly(hf_dir, tmp_path):
+    shutil.copytree(hf_dir, tmp_path / "base")
+    config = json.loads((tmp_path / "base" / "config.json").read_text())
+    config.update(do_stable_layer_norm=False, feat_extract_norm="group")
+    (tmp_path / "base" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="describes a post-LayerNorm WavLM"):
+        from_hf(tmp_path / "base")
+
+
+@torch.no_grad()
+def test_causal_wavlm_streams_chunk_by_chunk():
+    torch.manual_seed(0)
+    config = WavLMConfig(hidden_dims=[16] * 7, num_layers=2, dim=32, ffn_dim=64, num_heads=4, num_buckets=32,
+                         max_distance=64, conv_pos=8, conv_pos_groups=4, causal=True, window_size=16)
+    model = WavLM(config).eval()
+    sig = torch.randn(2, 1280 * 6)
+    full, _ = model(sig)
+    parts, state = [], None
+    for start in range(0, sig.shape[1], 1280):
+        out, state = model(sig[:, start : start + 1280], state)
+        parts.append(out)
+    assert full.shape == (2, 24, 32)
+    assert (torch.cat(parts, 1) - full).abs().max() < 1e-5
