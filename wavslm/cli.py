@@ -1,0 +1,262 @@
+"""The `wavslm` command: one entry point, each verb a thin wrapper over library functions.
+
+Bad input (a missing file, unreadable audio, an unloadable model) prints one line and exits with 2.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .audio import load_audio, save_audio
+from .errors import InputError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_LM = ASSETS / "tiny" / "lm"
+BUNDLED_CODEC = ASSETS / "tiny" / "codec"
+
+log = logging.getLogger("wavslm")
+
+
+def _default(path: Path, what: str) -> str:
+    if not (path / "config.json").is_file():
+        raise InputError(f"no {what} given and no bundled model in {path.parent}; pass --{what} REF")
+    return str(path)
+
+
+def load_codec(ref: str | None, device: str):
+    from .codec import Codec
+
+    return Codec.from_pretrained(ref or _default(BUNDLED_CODEC, "codec")).to(device)
+
+
+def load_lm(ref: str | None, device: str):
+    from .lm import WavSLM
+
+    return WavSLM.from_pretrained(ref or _default(BUNDLED_LM, "model")).to(device)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _progress(total: int, desc: str, unit: str) -> tqdm:
+    # Shown only when stderr is a terminal and the work lasts long enough to want one.
+    return tqdm(total=total, desc=desc, unit=unit, delay=1.0, leave=False, disable=None)
+
+
+def _encode(codec, sig: torch.Tensor) -> torch.Tensor:
+    """Tokens of `sig (C, N)` at the codec's input rate; long causal inputs go through the stream with a bar."""
+    if not codec.causal or sig.shape[1] <= 10 * codec.sample_rate_input:
+        return codec.encode(sig)
+    step = codec.chunk_size * 125  # 10 s
+    parts = []
+    with codec.streaming(batch_size=sig.shape[0]) as stream, _progress(sig.shape[1], "encode", "sample") as bar:
+        usable = sig.shape[1] - sig.shape[1] % codec.chunk_size
+        for start in range(0, usable, step):
+            piece = sig[:, start : min(start + step, usable)]
+            parts.append(stream.encode(piece))
+            bar.update(piece.shape[1])
+    return torch.cat(parts, dim=1)
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    codec = load_codec(args.codec, args.device)
+    sig, _ = load_audio(args.input, sample_rate=codec.sample_rate_input)
+    toks = _encode(codec, sig.to(args.device))
+    _save_npy(args.output, toks.cpu().numpy().astype(np.int64))
+    print(f"{args.output}: {toks.shape[1]} tokens x {toks.shape[0]} channel(s) at {codec.frame_rate:g} tokens/s")
+
+
+def _load_tokens(path: Path, vocab: int) -> torch.Tensor:
+    if not path.is_file():
+        raise InputError(f"token file '{path}' does not exist")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise InputError(f"cannot read tokens from '{path}': not a .npy array") from error
+    if array.dtype.kind not in "iu" or array.ndim not in (1, 2) or array.size == 0:
+        raise InputError(f"tokens in '{path}' must be a non-empty integer array (T,) or (C, T)")
+    if array.min() < 0 or array.max() >= vocab:
+        raise InputError(f"tokens in '{path}' must lie in [0, {vocab}) for this codec")
+    return torch.from_numpy(array.astype(np.int64)).reshape(-1, array.shape[-1])
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    codec = load_codec(args.codec, args.device)
+    toks = _load_tokens(args.input, codec.vocab_size).to(args.device)
+    sig = codec.decode(toks)
+    save_audio(args.output, sig.cpu(), codec.sample_rate_output)
+    print(f"{args.output}: {sig.shape[1] / codec.sample_rate_output:.2f} s at {codec.sample_rate_output} Hz")
+
+
+def cmd_resynth(args: argparse.Namespace) -> None:
+    codec = load_codec(args.codec, args.device)
+    sig, _ = load_audio(args.input, sample_rate=codec.sample_rate_input)
+    rec = codec.decode(_encode(codec, sig.to(args.device)))
+    save_audio(args.output, rec.cpu(), codec.sample_rate_output)
+    print(f"{args.output}: {rec.shape[1] / codec.sample_rate_output:.2f} s at {codec.sample_rate_output} Hz")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .generation import generate_steps, prompt_tokens
+
+    if args.top_k is not None and args.top_p_given:
+        raise InputError("give --top-p or --top-k, not both")
+    top_p = None if args.top_k is not None else args.top_p
+    lm = load_lm(args.model, args.device)
+    sig, sr = load_audio(args.input, mono=True)
+    toks = prompt_tokens(lm, sig.expand(args.num, -1).contiguous(), sr, None)
+    steps = max(1, int(args.seconds * lm.codec.frame_rate) // lm.toks_per_step)
+    rate = lm.codec.sample_rate_output
+    outputs = [args.output] if args.num == 1 else [
+        args.output.with_name(f"{args.output.stem}_{i}{args.output.suffix}") for i in range(args.num)
+    ]
+    writers = _StreamWriters(outputs, rate) if args.stream else None
+    chunks, start, first = [], time.perf_counter(), None
+    try:
+        bar = _progress(steps * lm.toks_per_step / lm.codec.frame_rate, "generate", "s")
+        for _, audio in generate_steps(lm, toks, steps, top_p, args.top_k, args.temp, args.seed):
+            first = first or time.perf_counter() - start
+            if writers:
+                writers.write(audio.cpu())
+            else:
+                chunks.append(audio.cpu())
+            bar.update(lm.toks_per_step / lm.codec.frame_rate)
+        bar.close()
+        if writers:
+            writers.close()
+        else:
+            audio = torch.cat(chunks, dim=1)
+            for i, path in enumerate(outputs):
+                save_audio(path, audio[i], rate)
+    finally:
+        if writers:
+            writers.abort()
+    elapsed = time.perf_counter() - start
+    seconds = steps * lm.toks_per_step / lm.codec.frame_rate
+    for path in outputs:
+        print(f"{path}: {seconds:.2f} s at {rate} Hz")
+    print(f"generated in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f}); first audio after {first * 1000:.0f} ms")
+
+
+class _StreamWriters:
+    """WAV files written chunk by chunk under temporary names, renamed when complete."""
+
+    def __init__(self, paths: list[Path], rate: int):
+        import soundfile as sf
+
+        self.paths = paths
+        self.tmps = [p.with_name(f".{p.name}.part") for p in paths]
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        self.files = [sf.SoundFile(t, "w", samplerate=rate, channels=1, subtype="PCM_16", format="WAV") for t in self.tmps]
+
+    def write(self, audio: torch.Tensor) -> None:
+        for f, row in zip(self.files, audio, strict=True):
+            f.write(row.clamp(-1, 1).numpy())
+            f.flush()
+
+    def close(self) -> None:
+        for f, tmp, path in zip(self.files, self.tmps, self.paths, strict=True):
+            f.close()
+            os.replace(tmp, path)
+        self.files = []
+
+    def abort(self) -> None:
+        for f in self.files:
+            f.close()
+        for tmp in self.tmps:
+            tmp.unlink(missing_ok=True)
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise InputError(f"input file '{value}' does not exist")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wavslm", description="WavSLM: a single-stream speech language model.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def verb(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        return p
+
+    p = verb("encode", cmd_encode, "Encode speech into tokens (.npy, int64, (channels, T)).")
+    p.add_argument("input", help="audio file (WAV/FLAC/OGG, any rate)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="tokens file (.npy)")
+    p.add_argument("--codec", help="codec folder, .json or Hub id (default: the bundled model)")
+
+    p = verb("decode", cmd_decode, "Decode tokens (.npy) into speech.")
+    p.add_argument("input", type=Path, help="tokens file (.npy, (T,) or (channels, T))")
+    p.add_argument("-o", "--output", type=Path, required=True, help="audio file (.wav/.flac/.ogg)")
+    p.add_argument("--codec", help="codec folder, .json or Hub id (default: the bundled model)")
+
+    p = verb("resynth", cmd_resynth, "Encode then decode speech (hear what the codec keeps).")
+    p.add_argument("input", help="audio file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="audio file")
+    p.add_argument("--codec", help="codec folder, .json or Hub id (default: the bundled model)")
+
+    p = verb("generate", cmd_generate, "Continue a spoken prompt.")
+    p.add_argument("input", help="prompt audio file (at least 80 ms)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="audio file for the continuation")
+    p.add_argument("--model", help="WavSLM folder, .json or Hub id (default: the bundled model)")
+    p.add_argument("--seconds", type=float, default=3.0, help="continuation length (default: 3)")
+    p.add_argument("--top-p", type=float, default=0.3, help="nucleus sampling mass; 0 is greedy (default: 0.3)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens instead; 1 is greedy")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature (default: 0.8)")
+    p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
+    p.add_argument("--num", type=int, default=1, help="number of continuations (OUT_0.wav, OUT_1.wav, ...)")
+    p.add_argument("--stream", action="store_true", help="write audio to disk as it is generated")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        args.top_p_given = any(a == "--top-p" or a.startswith("--top-p=") for a in argv)
+        if args.num < 1:
+            parser.error("--num must be at least 1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        if hasattr(args, "input") and args.command in ("encode", "resynth", "generate"):
+            _existing_file(args.input)
+        args.func(args)
+    except InputError as error:
+        print(f"wavslm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wavslm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
