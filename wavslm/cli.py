@@ -119,7 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     top_p = None if args.top_k is not None else args.top_p
     lm = load_lm(args.model, args.device)
     sig, sr = load_audio(args.input, mono=True)
-    toks = prompt_tokens(lm, sig.expand(args.num, -1).contiguous(), sr, None)
+    toks = prompt_tokens(lm, sig, sr, None) * args.num  # one encoding, N independent continuations
     steps = max(1, int(args.seconds * lm.codec.frame_rate) // lm.toks_per_step)
     rate = lm.codec.sample_rate_output
     outputs = [args.output] if args.num == 1 else [

@@ -11,7 +11,7 @@ module's state; its results equal the offline ones.
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from .config import from_dict
 from .errors import InputError
 from .modules.bsq import BinarySphericalQuantizer
 from .modules.focal import FocalCompressor, FocalDecompressor
+from .modules.state import clone_state, stack_states
 from .modules.vocos import Vocos, VocosConfig
 from .modules.wavenext import WaveNeXt, WaveNeXtConfig
 from .wavlm import WavLM, WavLMConfig
@@ -277,3 +278,18 @@ class CodecStream:
     def decode(self, toks: Tensor) -> Tensor:
         """`toks (B, T) -> sig (B, T * hop)`: `synthesize(dequantize(toks))`."""
         return self.synthesize(self.dequantize(toks))
+
+    @classmethod
+    def stack(cls, streams: "list[CodecStream]") -> "CodecStream":
+        """One batched session continuing each of `streams` (rows in order); samples still pending must agree."""
+        if any(s._pending is not None and s._pending.shape[1] for s in streams):
+            raise InputError("cannot stack streams that hold part of a chunk; stack them on chunk boundaries")
+        parts = {
+            name: None if getattr(streams[0], name) is None else stack_states([getattr(s, name) for s in streams])
+            for name in ("_encoder", "_compressor", "_decompressor", "_decoder")
+        }
+        return cls(streams[0].codec, sum(s.batch_size for s in streams), None, **parts)
+
+    def snapshot(self) -> "CodecStream":
+        """An independent copy of this session (advance either without touching the other)."""
+        return replace(self, **{k: clone_state(v) for k, v in vars(self).items() if k.startswith("_")})

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .audio import resample
+from .codec import CodecStream
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -58,13 +59,15 @@ def sample_next_token(
     return (choice if index is None else index.gather(-1, choice)).squeeze(-1)
 
 
-def prompt_tokens(
-    lm: "WavSLM", bos_sig: Tensor | None, sample_rate: int | None, bos_toks: Tensor | None
-) -> Tensor:
-    """The prompt as tokens `(B, T)`, left-trimmed to whole chunks of `toks_per_step`.
+Prompt = Tensor | list[Tensor]
 
-    Training sees chunks aligned to the start of a sequence; dropping the first `T % 4` tokens (under
-    80 ms) keeps the prompt's chunks where training put them, so the last 4 logits predict one whole chunk.
+
+def prompt_tokens(lm: "WavSLM", bos_sig: Prompt | None, sample_rate: int | None, bos_toks: Prompt | None) -> list[Tensor]:
+    """The prompts as token rows `(T_b,)`, each left-trimmed to whole chunks of `toks_per_step`.
+
+    A prompt is a tensor `(B, N)`/`(B, T)` or a list of rows of different lengths. Training sees chunks
+    aligned to the start of a sequence; dropping the first `T % 4` tokens (under 80 ms) keeps each
+    prompt's chunks where training put them, so its last 4 logits predict one whole chunk.
     """
     if (bos_sig is None) == (bos_toks is None):
         raise InputError("give exactly one prompt: bos_sig (audio) or bos_toks (tokens)")
@@ -72,19 +75,54 @@ def prompt_tokens(
     if bos_sig is not None:
         if sample_rate is None:
             raise InputError("sample_rate is required with bos_sig")
-        sig = bos_sig if bos_sig.ndim == 2 else bos_sig.reshape(1, -1)
-        toks = codec.encode(resample(sig, sample_rate, codec.sample_rate_input))
+        rows = [codec.encode(resample(sig.reshape(1, -1), sample_rate, codec.sample_rate_input))[0] for sig in _rows(bos_sig)]
     else:
-        toks = bos_toks if bos_toks.ndim == 2 else bos_toks.reshape(1, -1)
-        if toks.dtype not in (torch.int32, torch.int64) or toks.numel() == 0:
-            raise InputError("bos_toks must be a non-empty integer tensor (B, T)")
-        if int(toks.min()) < 0 or int(toks.max()) >= lm.config.vocab_size:
-            raise InputError(f"bos_toks must lie in [0, {lm.config.vocab_size})")
+        rows = []
+        for toks in _rows(bos_toks):
+            if toks.dtype not in (torch.int32, torch.int64) or toks.numel() == 0:
+                raise InputError("bos_toks must be non-empty integer tokens (B, T) or a list of (T,)")
+            if int(toks.min()) < 0 or int(toks.max()) >= lm.config.vocab_size:
+                raise InputError(f"bos_toks must lie in [0, {lm.config.vocab_size})")
+            rows.append(toks.reshape(-1).long())
     C = lm.toks_per_step
-    usable = toks.shape[1] - toks.shape[1] % C
-    if usable == 0:
+    shortest = min(len(r) for r in rows)
+    if shortest < C:
         raise InputError(f"the prompt is shorter than one chunk ({C} tokens = {1000 * C / codec.frame_rate:.0f} ms)")
-    return toks[:, toks.shape[1] - usable :].long()
+    return [r[len(r) % C :] for r in rows]
+
+
+def _rows(prompt: Prompt) -> list[Tensor]:
+    if isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise InputError("the prompt list is empty")
+        return list(prompt)
+    return list(prompt) if prompt.ndim == 2 else [prompt]
+
+
+def _start(lm: "WavSLM", rows: list[Tensor], device: torch.device):
+    """Run the prompts through the codec's stream and the LM; return the session, features and LM state.
+
+    Prompts of different lengths are decompressed one by one (each as if alone), then left-padded for the
+    LM, whose padded keys are masked: every row continues exactly as it would by itself.
+    """
+    codec = lm.codec
+    if len({len(r) for r in rows}) == 1:
+        session = codec.streaming(batch_size=len(rows))
+        qfeats = session.dequantize(torch.stack(rows).to(device))
+        session.synthesize(qfeats)  # warm the waveform decoder's state on the prompt
+        feats, state = lm.encoder(qfeats)
+        return session, feats, state
+    sessions, padded = [], []
+    longest = max(len(r) for r in rows)
+    for row in rows:
+        one = codec.streaming(batch_size=1)
+        q = one.dequantize(row[None].to(device))
+        one.synthesize(q)
+        sessions.append(one)
+        padded.append(torch.nn.functional.pad(q, (0, 0, longest - len(row), 0)))
+    valid_from = torch.tensor([longest - len(r) for r in rows], device=device)
+    feats, state = lm.encoder(torch.cat(padded), valid_from=valid_from)
+    return CodecStream.stack(sessions), feats, state
 
 
 def _num_steps(lm: "WavSLM", prompt_len: int, max_gen_secs: float | None, max_gen_toks: int | None) -> int:
@@ -103,25 +141,27 @@ def _num_steps(lm: "WavSLM", prompt_len: int, max_gen_secs: float | None, max_ge
 @torch.inference_mode()
 def generate_steps(
     lm: "WavSLM",
-    toks: Tensor,
+    prompts: list[Tensor],
     steps: int,
     top_p: float | None = 0.3,
     top_k: int | None = None,
     temp: float = 0.8,
     seed: int | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Continue the prompt `toks (B, T)` for `steps` steps; yield `(toks (B, C), audio (B, C * hop))` per step."""
+    """Continue token prompts (rows from `prompt_tokens`) for `steps` steps.
+
+    Yields `(toks (B, C), audio (B, C * hop))` per step, as soon as the step's audio is decoded and
+    before the LM computes the next step.
+    """
     check_sampling(top_p, top_k, temp)
-    codec = lm._require_codec()
+    lm._require_codec()
     device = next(lm.parameters()).device
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    B, C = toks.shape[0], lm.toks_per_step
-    with codec.streaming(batch_size=B) as session:
-        qfeats = session.dequantize(toks.to(device))
-        session.synthesize(qfeats)  # warm the waveform decoder's state on the prompt
-        feats, state = lm.encoder(qfeats)
+    B, C = len(prompts), lm.toks_per_step
+    session, feats, state = _start(lm, prompts, device)
+    with session:
         for step in range(steps):
             logits = lm.head(feats[:, -C:])
             new = sample_next_token(logits.reshape(B * C, -1), temp, top_p, top_k, generator).view(B, C)
@@ -133,9 +173,9 @@ def generate_steps(
 
 def generate(
     lm: "WavSLM",
-    bos_sig: Tensor | None = None,
+    bos_sig: Prompt | None = None,
     sample_rate: int | None = None,
-    bos_toks: Tensor | None = None,
+    bos_toks: Prompt | None = None,
     max_gen_secs: float | None = None,
     max_gen_toks: int | None = None,
     top_p: float | None = 0.3,
@@ -143,14 +183,15 @@ def generate(
     temp: float = 0.8,
     seed: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Continue a spoken prompt (`bos_sig` at `sample_rate`) or a token prompt (`bos_toks`).
+    """Continue spoken prompts (`bos_sig` at `sample_rate`) or token prompts (`bos_toks`).
 
+    Either is a batch tensor or a list of rows of different lengths (each row continues as if alone).
     Returns `(gen_sig (B, N), gen_toks (B, T))`: the continuation only, at `sample_rate` when given,
     else at the codec's output rate. Defaults to a continuation as long as the prompt.
     """
-    toks = prompt_tokens(lm, bos_sig, sample_rate, bos_toks)
-    steps = _num_steps(lm, toks.shape[1], max_gen_secs, max_gen_toks)
-    parts = list(generate_steps(lm, toks, steps, top_p, top_k, temp, seed))
+    rows = prompt_tokens(lm, bos_sig, sample_rate, bos_toks)
+    steps = _num_steps(lm, max(len(r) for r in rows), max_gen_secs, max_gen_toks)
+    parts = list(generate_steps(lm, rows, steps, top_p, top_k, temp, seed))
     gen_toks = torch.cat([t for t, _ in parts], dim=1)
     gen_sig = torch.cat([a for _, a in parts], dim=1)
     if sample_rate is not None:
@@ -160,9 +201,9 @@ def generate(
 
 def stream(
     lm: "WavSLM",
-    bos_sig: Tensor | None = None,
+    bos_sig: Prompt | None = None,
     sample_rate: int | None = None,
-    bos_toks: Tensor | None = None,
+    bos_toks: Prompt | None = None,
     max_gen_secs: float | None = None,
     max_gen_toks: int | None = None,
     top_p: float | None = 0.3,
@@ -171,7 +212,7 @@ def stream(
     seed: int | None = None,
 ) -> Iterator[Tensor]:
     """Yield the continuation's audio `(B, C * hop)` at the codec's output rate, one step (80 ms) at a time."""
-    toks = prompt_tokens(lm, bos_sig, sample_rate, bos_toks)
-    steps = _num_steps(lm, toks.shape[1], max_gen_secs, max_gen_toks)
-    for _, audio in generate_steps(lm, toks, steps, top_p, top_k, temp, seed):
+    rows = prompt_tokens(lm, bos_sig, sample_rate, bos_toks)
+    steps = _num_steps(lm, max(len(r) for r in rows), max_gen_secs, max_gen_toks)
+    for _, audio in generate_steps(lm, rows, steps, top_p, top_k, temp, seed):
         yield audio

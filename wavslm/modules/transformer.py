@@ -70,11 +70,15 @@ class ConvPositionalEmbedding(nn.Module):
 
 @dataclass
 class TransformerState:
-    """Streaming state of a causal stack: frames seen so far, per-layer caches, conv context."""
+    """Streaming state of a causal stack: frames seen so far, per-layer caches, conv context.
+
+    `valid_from (B,)`: for left-padded batches, the first real position of each row (None: no padding).
+    """
 
     pos: int = 0
     caches: list[KVCache] = field(default_factory=list)
     conv: ConvPosState | None = None
+    valid_from: Tensor | None = None
 
 
 class TransformerEncoder(nn.Module):
@@ -121,8 +125,12 @@ class TransformerEncoder(nn.Module):
         state: TransformerState | None = None,
         use_cache: bool = True,
         hidden: list[Tensor] | None = None,
+        valid_from: Tensor | None = None,
     ) -> tuple[Tensor, TransformerState | None]:
         """`(B, T, D) -> (B, T, D)`, continuing from `state` (causal only).
+
+        `valid_from (B,)` marks left padding on the first call: keys before it are never attended (a
+        padded query attends to itself only, so nothing becomes NaN). Later calls take it from the state.
 
         `use_cache=False` skips building a key/value cache (training); the returned state is then None.
         If `hidden` is a list, every layer's input and the last layer's output (before the final norm)
@@ -155,6 +163,12 @@ class TransformerEncoder(nn.Module):
             mask = None if bool(mask.all()) else mask
         else:
             k_pos, mask = q_pos, None
+        if state is not None:
+            valid_from = state.valid_from
+        if valid_from is not None:
+            keys = (k_pos[None, :] >= valid_from[:, None].to(k_pos.device))[:, None, None, :]  # (B, 1, 1, S)
+            own = (k_pos[None, :] == q_pos[:, None])[None, None]  # (1, 1, T, S)
+            mask = (keys if mask is None else keys & mask) | own
         bias = position_bias(self.relative_embedding, q_pos, k_pos, self.max_distance).to(x.dtype)
 
         for i, layer in enumerate(self.layers):
@@ -167,4 +181,4 @@ class TransformerEncoder(nn.Module):
             x = self.norm(x)
         if not self.causal or (not use_cache and conv_state is None):
             return x, None
-        return x, TransformerState(start + T, caches, conv_state)
+        return x, TransformerState(start + T, caches, conv_state, valid_from)
