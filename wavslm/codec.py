@@ -134,20 +134,34 @@ class Codec(nn.Module):
         return qfeats
 
     @torch.no_grad()
-    def synthesize(self, qfeats: Tensor) -> Tensor:
-        """`qfeats (B, T, D) -> sig (B, T * hop)` at `sample_rate_output`."""
+    def synthesize(self, qfeats: Tensor, matching_set: Tensor | None = None, topk: int = 4) -> Tensor:
+        """`qfeats (B, T, D) -> sig (B, T * hop)` at `sample_rate_output`.
+
+        With a `matching_set (M, D)` (see `matching_set`), each frame is first replaced by the mean of its
+        `topk` nearest target frames (kNN voice conversion): the words stay, the voice becomes the target's.
+        """
+        if matching_set is not None:
+            qfeats = knn_average(qfeats, matching_set.to(qfeats), topk)
         sig, _ = self.decoder(qfeats)
         return sig
 
-    def decode(self, toks: Tensor) -> Tensor:
-        """`toks (B, T) -> sig (B, N')` at `sample_rate_output`."""
-        return self.synthesize(self.dequantize(toks))
+    def decode(self, toks: Tensor, matching_set: Tensor | None = None, topk: int = 4) -> Tensor:
+        """`toks (B, T) -> sig (B, N')` at `sample_rate_output` (optionally in a target voice, see `synthesize`)."""
+        return self.synthesize(self.dequantize(toks), matching_set, topk)
 
-    def streaming(self, batch_size: int = 1) -> "CodecStream":
+    @torch.no_grad()
+    def matching_set(self, sigs: list[Tensor]) -> Tensor:
+        """Encoder features `(M, D)` of a target speaker's utterances (each `(N,)` or `(1, N)` at 16 kHz)."""
+        if not sigs:
+            raise InputError("the matching set needs at least one utterance of the target speaker")
+        feats = [self.encoder(self._check_sig(sig.reshape(1, -1), self.chunk_size).to(self._device()))[0][0] for sig in sigs]
+        return torch.cat(feats)
+
+    def streaming(self, batch_size: int = 1, matching_set: Tensor | None = None, topk: int = 4) -> "CodecStream":
         """A session that encodes and decodes 80 ms at a time: `with codec.streaming(B) as s: ...`."""
         if not self.causal:
             raise InputError("this codec is not causal, so it cannot stream; use encode/decode on whole signals")
-        return CodecStream(self, batch_size)
+        return CodecStream(self, batch_size, matching_set=matching_set, topk=topk)
 
     # ---- input checks -----------------------------------------------------------------------------
 
@@ -193,6 +207,27 @@ class Codec(nn.Module):
         return hub.save_folder(folder, vars(self.config).copy(), self.state_dict())
 
 
+def knn_average(feats: Tensor, matching_set: Tensor, k: int = 4, block: int = 8192) -> Tensor:
+    """Replace each frame of `feats (B, T, D)` by the mean of its `k` most cosine-similar rows of `matching_set (M, D)`.
+
+    The matching set is scanned in blocks of `block` rows, keeping a running top-k, so memory stays
+    `B * T * (block + k)` however long the target recordings are.
+    """
+    if matching_set.ndim != 2 or matching_set.shape[1] != feats.shape[-1] or not len(matching_set):
+        raise InputError(f"the matching set must be (M, {feats.shape[-1]}) features, got {tuple(matching_set.shape)}")
+    query = torch.nn.functional.normalize(feats.flatten(0, 1), dim=-1)
+    keys = torch.nn.functional.normalize(matching_set, dim=-1)
+    k = min(k, len(keys))
+    best_sim = query.new_full((len(query), 0), float("-inf"))
+    best_idx = torch.zeros(len(query), 0, dtype=torch.long, device=query.device)
+    for start in range(0, len(keys), block):
+        sim = query @ keys[start : start + block].t()
+        idx = torch.arange(start, start + sim.shape[1], device=query.device).expand_as(sim)
+        best_sim, pick = torch.cat([best_sim, sim], 1).topk(k, dim=1)
+        best_idx = torch.cat([best_idx, idx], 1).gather(1, pick)
+    return matching_set[best_idx].mean(dim=1).view_as(feats)
+
+
 def _remap_released(state: dict[str, Tensor], own_keys: list[str]) -> dict[str, Tensor]:
     """Bring the first FocalCodec release (separate q/k/v, other focal module names) to today's keys.
 
@@ -226,6 +261,8 @@ class CodecStream:
     codec: Codec
     batch_size: int
     _pending: Tensor | None = None
+    matching_set: Tensor | None = None
+    topk: int = 4
     _encoder: Any = None
     _compressor: Any = None
     _decompressor: Any = None
@@ -272,7 +309,10 @@ class CodecStream:
     @torch.no_grad()
     def synthesize(self, qfeats: Tensor) -> Tensor:
         """`qfeats (B, T, D) -> sig (B, T * hop)`, continuing the decoder's stream."""
-        sig, self._decoder = self.codec.decoder(self._check_batch(qfeats), self._decoder)
+        qfeats = self._check_batch(qfeats)
+        if self.matching_set is not None:
+            qfeats = knn_average(qfeats, self.matching_set.to(qfeats), self.topk)
+        sig, self._decoder = self.codec.decoder(qfeats, self._decoder)
         return sig
 
     def decode(self, toks: Tensor) -> Tensor:
@@ -288,7 +328,8 @@ class CodecStream:
             name: None if getattr(streams[0], name) is None else stack_states([getattr(s, name) for s in streams])
             for name in ("_encoder", "_compressor", "_decompressor", "_decoder")
         }
-        return cls(streams[0].codec, sum(s.batch_size for s in streams), None, **parts)
+        first = streams[0]
+        return cls(first.codec, sum(s.batch_size for s in streams), None, first.matching_set, first.topk, **parts)
 
     def snapshot(self) -> "CodecStream":
         """An independent copy of this session (advance either without touching the other)."""
