@@ -1,0 +1,97 @@
+"""Speech in, speech out: prompts from real audio, streaming generation, batches of different lengths."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wavslm import WavSLM, load_audio
+from wavslm.generation import sample_next_token
+
+
+@pytest.fixture(scope="module")
+def lm(request):
+    from conftest import REFERENCE
+
+    if REFERENCE is None:
+        pytest.skip("reference fixtures not found")
+    return WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")  # finds ../codec_tiny_causal by itself
+
+
+@pytest.fixture
+def utterance(speech):
+    return load_audio(sorted((speech / "librispeech-dev-clean" / "84").glob("*.wav"))[0])
+
+
+def test_generate_from_a_real_utterance(lm, utterance):
+    sig, sr = utterance
+    prompt = sig[:, : 3 * sr]
+    gen_sig, gen_toks = lm.generate(bos_sig=prompt, sample_rate=sr, max_gen_secs=1.0, seed=0)
+    assert gen_toks.shape == (1, 48) and gen_toks.dtype == torch.int64  # 1 s at 50 tokens/s, whole steps
+    assert gen_sig.shape == (1, round(48 / 50 * sr))  # returned at the prompt's rate
+    assert torch.isfinite(gen_sig).all()
+
+
+def test_stream_yields_before_the_next_step_is_computed(lm, utterance):
+    sig, sr = utterance
+    calls = []
+    hook = lm.encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        chunks = lm.stream(bos_sig=sig[:, :sr], sample_rate=sr, max_gen_secs=0.4, seed=1)
+        first = next(chunks)
+        assert len(calls) == 1  # only the prompt went through the LM so far
+        assert first.shape == (1, 4 * 480)  # 80 ms at 24 kHz
+        rest = list(chunks)
+    finally:
+        hook.remove()
+    assert len(rest) == 4 and len(calls) == 5
+
+
+def test_joined_stream_equals_offline_generation(lm, utterance):
+    sig, sr = utterance
+    kwargs = dict(bos_sig=sig[:, :sr], sample_rate=sr, max_gen_secs=0.8, top_p=0.8, temp=1.0, seed=5)
+    streamed = torch.cat(list(lm.stream(**kwargs)), dim=1)
+    offline, _ = lm.generate(**kwargs)
+    from wavslm.audio import resample
+
+    assert torch.allclose(resample(streamed, 24000, sr), offline, atol=1e-5)
+    # And the audio equals decoding prompt + continuation in one pass, minus the prompt.
+    toks = lm.codec.encode(resample(sig[:, :sr], sr, 16000))
+    _, gen = lm.generate(bos_toks=toks, max_gen_toks=40, top_p=0.8, temp=1.0, seed=5)
+    trimmed = toks[:, toks.shape[1] % 4 :]
+    whole = lm.codec.decode(torch.cat([trimmed, gen], dim=1))
+    stream2 = torch.cat(list(lm.stream(bos_toks=toks, max_gen_toks=40, top_p=0.8, temp=1.0, seed=5)), dim=1)
+    assert (whole[:, trimmed.shape[1] * 480 :] - stream2).abs().max() < 1e-4
+
+
+def test_prompts_of_different_lengths_continue_as_if_alone(lm, reference):
+    toks = load_file(reference / "wavslm_tiny" / "io.safetensors")["toks"]
+    a, b = toks[0, :22], toks[1, :36]  # 22 is trimmed to 20
+    sig, both = lm.generate(bos_toks=[a, b], max_gen_toks=16, top_p=0.0)
+    sig_a, alone_a = lm.generate(bos_toks=a, max_gen_toks=16, top_p=0.0)
+    sig_b, alone_b = lm.generate(bos_toks=b, max_gen_toks=16, top_p=0.0)
+    assert torch.equal(both, torch.cat([alone_a, alone_b]))
+    assert (sig - torch.cat([sig_a, sig_b])).abs().max() < 1e-4
+
+
+def test_spoken_prompts_of_different_lengths(lm, speech):
+    clips = sorted((speech / "librispeech-dev-clean" / "84").glob("*.wav"))[:2]
+    (s1, sr), (s2, _) = load_audio(clips[0]), load_audio(clips[1])
+    gen, toks = lm.generate(bos_sig=[s1[0, : sr], s2[0, : 2 * sr + 123]], sample_rate=sr, max_gen_secs=0.4, seed=0)
+    assert toks.shape == (2, 20) and gen.shape[0] == 2
+
+
+def test_sampling_is_pure_and_respects_its_settings():
+    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]]).repeat(2000, 1)
+    assert torch.equal(sample_next_token(logits, top_p=0.0), torch.full((2000,), 2))
+    g = torch.Generator().manual_seed(0)
+    top2 = sample_next_token(logits, temp=3.0, top_k=2, generator=g)
+    assert set(top2.tolist()) == {2, 3}
+    # Probabilities 0.930 (token 2), 0.046 (3), 0.017 (1), 0.006 (0): a token is kept while the mass before it <= p.
+    nucleus = sample_next_token(logits, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    assert set(nucleus.tolist()) == {2}
+    nucleus = sample_next_token(logits, top_p=0.95, generator=torch.Generator().manual_seed(0))
+    assert set(nucleus.tolist()) == {2, 3}
+    free = sample_next_token(logits, temp=10.0, generator=torch.Generator().manual_seed(0))
+    assert set(free.tolist()) == {0, 1, 2, 3}
+    again = sample_next_token(logits, temp=10.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(free, again)
