@@ -151,20 +151,19 @@ def generate_steps(
     """Continue token prompts (rows from `prompt_tokens`) for `steps` steps.
 
     Yields `(toks (B, C), audio (B, C * hop))` per step, as soon as the step's audio is decoded and
-    before the LM computes the next step.
+    before the LM computes the next step. Row b samples with its own generator seeded `seed + b`.
     """
     check_sampling(top_p, top_k, temp)
     lm._require_codec()
     device = next(lm.parameters()).device
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
     B, C = len(prompts), lm.toks_per_step
+    # One generator per row, seeded `seed + row`: a row's continuation does not depend on its batch.
+    generators = [None] * B if seed is None else [torch.Generator(device=device).manual_seed(seed + b) for b in range(B)]
     session, feats, state = _start(lm, prompts, device)
     with session:
         for step in range(steps):
             logits = lm.head(feats[:, -C:])
-            new = sample_next_token(logits.reshape(B * C, -1), temp, top_p, top_k, generator).view(B, C)
+            new = torch.stack([sample_next_token(logits[b], temp, top_p, top_k, generators[b]) for b in range(B)])
             qfeats = session.dequantize(new)
             yield new, session.synthesize(qfeats)
             if step + 1 < steps:
