@@ -67,3 +67,15 @@ def test_causal_wavlm_streams_chunk_by_chunk():
         parts.append(out)
     assert full.shape == (2, 24, 32)
     assert (torch.cat(parts, 1) - full).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_export_in_hugging_face_layout_round_trips(hf_dir, tmp_path):
+    from wavslm.wavlm import save_hf
+
+    model = from_hf(hf_dir)
+    save_hf(model, tmp_path / "hf")
+    assert set(load_file(tmp_path / "hf" / "model.safetensors")) == set(load_file(hf_dir / "model.safetensors"))
+    again = from_hf(tmp_path / "hf")
+    sig = load_file(hf_dir / "io.safetensors")["sig"]
+    assert (model(sig)[0] - again(sig)[0]).abs().max() < 1e-5

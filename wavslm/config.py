@@ -23,6 +23,9 @@ def from_dict(cls: type[C], values: dict[str, Any], source: object) -> C:
     clean = {}
     for name, value in values.items():
         kind = fields[name].type
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            clean[name] = from_dict(kind, value, f"{source}: '{name}'")
+            continue
         allowed = _SCALARS.get(kind)
         if allowed and (not isinstance(value, allowed) or (kind is not bool and isinstance(value, bool))):
             raise InputError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
@@ -33,5 +36,13 @@ def from_dict(cls: type[C], values: dict[str, Any], source: object) -> C:
 
 
 def to_dict(config: object) -> dict[str, Any]:
-    """The JSON form of a config dataclass (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    """The JSON form of a config dataclass (tuples as lists, nested configs as dicts)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -225,6 +225,80 @@ def _fold_weight_norm(hf: dict[str, Tensor]) -> dict[str, Tensor]:
     return {"encoder.positional_embedding.conv.weight": weight, "encoder.positional_embedding.conv.bias": hf[base + "bias"]}
 
 
+def config_to_hf(config: WavLMConfig) -> dict:
+    """A Hugging Face `WavLMConfig` dict (pre-LayerNorm layout) describing a bidirectional `WavLM`."""
+    if not config.final_norm:
+        raise ValueError("only a WavLM with a final LayerNorm has the Hugging Face pre-LayerNorm layout")
+    return {
+        "model_type": "wavlm",
+        "architectures": ["WavLMModel"],
+        "do_stable_layer_norm": True,
+        "feat_extract_norm": "layer",
+        "feat_extract_activation": "gelu",
+        "hidden_act": "gelu",
+        "conv_dim": list(config.hidden_dims),
+        "conv_kernel": list(config.kernel_sizes),
+        "conv_stride": list(config.strides),
+        "conv_bias": config.conv_bias,
+        "num_feat_extract_layers": len(config.hidden_dims),
+        "num_hidden_layers": config.num_layers,
+        "hidden_size": config.dim,
+        "intermediate_size": config.ffn_dim,
+        "num_attention_heads": config.num_heads,
+        "num_buckets": config.num_buckets,
+        "max_bucket_distance": config.max_distance,
+        "num_conv_pos_embeddings": config.conv_pos,
+        "num_conv_pos_embedding_groups": config.conv_pos_groups,
+        "layer_norm_eps": 1e-5,
+        "hidden_dropout": config.dropout,
+        "attention_dropout": config.dropout,
+        "activation_dropout": config.dropout,
+        "feat_proj_dropout": config.dropout,
+    }
+
+
+def state_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our WavLM state dict in Hugging Face names (q/k/v split; the positional conv as weight norm g=|w|, v=w)."""
+    out: dict[str, Tensor] = {}
+    inverse = {new: old for old, new in _HF_LAYER_NAMES.items()}
+    for key, value in state.items():
+        if key.startswith("feature_extractor.layers."):
+            out[key.replace("extractor.layers.", "extractor.conv_layers.").replace(".norm.", ".layer_norm.")] = value
+        elif key.startswith("norm."):
+            out["feature_projection.layer_norm." + key[5:]] = value
+        elif key.startswith("feature_proj."):
+            out["feature_projection.projection." + key[13:]] = value
+        elif key.startswith("encoder.norm."):
+            out["encoder.layer_norm." + key[13:]] = value
+        elif key == "encoder.relative_embedding.weight":
+            out["encoder.layers.0.attention.rel_attn_embed.weight"] = value
+        elif key == "encoder.positional_embedding.conv.weight":
+            g = value.norm(dim=(0, 1), keepdim=True)
+            out["encoder.pos_conv_embed.conv.parametrizations.weight.original0"] = g
+            out["encoder.pos_conv_embed.conv.parametrizations.weight.original1"] = value
+        elif key == "encoder.positional_embedding.conv.bias":
+            out["encoder.pos_conv_embed.conv.bias"] = value
+        elif key.startswith("encoder.layers."):
+            _, _, index, rest = key.split(".", 3)
+            prefix = f"encoder.layers.{index}."
+            if rest.startswith("attention.qkv_proj."):
+                kind = rest.rsplit(".", 1)[1]
+                for name, part in zip("qkv", value.chunk(3, dim=0), strict=True):
+                    out[f"{prefix}attention.{name}_proj.{kind}"] = part.contiguous()
+            else:
+                for new, old in inverse.items():
+                    if rest.startswith(new + "."):
+                        rest = old + rest[len(new) :]
+                        break
+                out[prefix + rest] = value
+    return out
+
+
+def save_hf(model: WavLM, folder: str | os.PathLike):
+    """Write `model` (bidirectional, with a final norm) as a Hugging Face WavLM folder that `from_hf` reads."""
+    return hub.save_folder(folder, config_to_hf(model.config), state_to_hf(model.state_dict()))
+
+
 _HF_IGNORED = ("masked_spec_embed", "quantizer.", "project_", "lm_head.", "adapter.")
 
 

@@ -1,0 +1,282 @@
+"""The one training loop: every stage (ssl, codec, lm) plugs in as a `Stage`.
+
+A step consumes one global batch: its items are split across ranks and then into `grad_accum`
+micro-batches; gradients are averaged (DistributedDataParallel under torchrun), clipped, and every
+optimizer steps. The global batch of step s is a deterministic function of (seed, s), and per-item
+randomness (crops) is seeded by (seed, epoch, item), so one process and N processes see the same data,
+and a resumed run continues exactly where the killed one was.
+"""
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..errors import InputError
+from . import checkpoint
+from .dist import Dist, all_finite, barrier, mean
+from .schedule import LRSchedule
+
+log = logging.getLogger("wavslm.train")
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` section of every stage."""
+
+    steps: int = 1000
+    batch_size: int = 8  # global: split across ranks and accumulation
+    grad_accum: int = 1
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.01
+    clip: float = 5.0
+    schedule: str = "cosine"  # constant | cosine | plateau
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    plateau_factor: float = 0.9
+    plateau_threshold: float = 0.0025
+    valid_every: int = 200
+    valid_batches: int = 8
+    save_every: int = 100
+    log_every: int = 10
+    precision: str = "fp32"  # fp32 | bf16
+    seed: int = 0
+
+
+class Stage(Protocol):
+    """What a training stage provides to the loop.
+
+    `nets`: the trainable networks by name (the loop wraps them in DDP); `raw`: the same, unwrapped.
+    `train_step` yields `(optimizer name, loss, metrics)` one or more times per micro-batch; each loss
+    is backpropagated as it is yielded, so a stage can alternate (e.g. discriminator then generator).
+    """
+
+    nets: dict[str, nn.Module]
+    raw: dict[str, nn.Module]
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]: ...
+    def datasets(self) -> tuple[Any, Any | None]: ...
+    def collate(self, items: list[Any]) -> dict[str, Tensor]: ...
+    def train_step(self, batch: dict[str, Tensor]) -> Iterator[tuple[str, Tensor, dict[str, float]]]: ...
+    def valid_step(self, batch: dict[str, Tensor]) -> dict[str, float]: ...
+    def export(self, folder: Path) -> None: ...
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a NaN loss); the last good checkpoint is kept."""
+
+
+def global_batch(step: int, size: int, n_items: int, seed: int) -> tuple[int, list[int]]:
+    """Epoch and item indices of the global batch of `step`: a fresh permutation per epoch, last partial batch dropped."""
+    per_epoch = n_items // size
+    if per_epoch == 0:
+        raise InputError(f"the dataset has {n_items} items, fewer than one batch of {size}")
+    epoch, b = divmod(step, per_epoch)
+    perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return epoch, perm[b * size : (b + 1) * size].tolist()
+
+
+class Trainer:
+    """Runs a stage for `cfg.steps` steps in `run_dir`, resuming from `run_dir/checkpoints/last.pt` if present."""
+
+    def __init__(self, stage: Stage, cfg: TrainConfig, run_dir: Path, dist: Dist, name: str = "train"):
+        if cfg.batch_size % (dist.world * cfg.grad_accum):
+            raise InputError(
+                f"batch_size {cfg.batch_size} must be divisible by world size x grad_accum ({dist.world} x {cfg.grad_accum})"
+            )
+        if cfg.precision not in ("fp32", "bf16"):
+            raise InputError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+        self.stage, self.cfg, self.run_dir, self.dist, self.name = stage, cfg, Path(run_dir), dist, name
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        stage.raw = dict(stage.nets)
+        if dist.active:
+            stage.nets = {k: DistributedDataParallel(m) for k, m in stage.nets.items()}
+        self.optimizers = {
+            group: torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+            for group, params in stage.param_groups().items()
+        }
+        self.schedule = LRSchedule(cfg.schedule, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, cfg.plateau_factor, cfg.plateau_threshold)
+        self.train_set, self.valid_set = stage.datasets()
+        self.step = 0
+        self.best = math.inf
+        self.writer = None
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "best": self.best,
+            "nets": {k: m.state_dict() for k, m in self.stage.raw.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedule": self.schedule.state_dict(),
+            "rng": checkpoint.rng_state(),  # per rank, gathered below
+        }
+
+    def save(self, filename: str = "last.pt") -> None:
+        payload = self._payload()
+        if self.dist.active:
+            states = [None] * self.dist.world
+            torch.distributed.all_gather_object(states, payload["rng"])
+            payload["rng"] = states
+        else:
+            payload["rng"] = [payload["rng"]]
+        if self.dist.main:
+            checkpoint.save(self.ckpt_dir / filename, payload)
+        barrier(self.dist)
+
+    def resume(self) -> bool:
+        path = self.ckpt_dir / "last.pt"
+        if self.dist.main and self.ckpt_dir.is_dir():
+            checkpoint.remove_stale_temporaries(self.ckpt_dir)
+        barrier(self.dist)
+        if not path.is_file():
+            return False
+        payload = checkpoint.load(path)
+        for k, m in self.stage.raw.items():
+            m.load_state_dict(payload["nets"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(payload["optimizers"][k])
+        self.schedule.load_state_dict(payload["schedule"])
+        self.step, self.best = payload["step"], payload["best"]
+        rng = payload["rng"]
+        checkpoint.set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world else rng[0])
+        return True
+
+    # ---- one step ---------------------------------------------------------------------------------
+
+    def _micro_batches(self, indices: list[int]) -> list[list[int]]:
+        mine = indices[self.dist.rank :: self.dist.world]
+        per = len(mine) // self.cfg.grad_accum
+        return [mine[i * per : (i + 1) * per] for i in range(self.cfg.grad_accum)]
+
+    def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(self.dist.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train_step(self) -> dict[str, float]:
+        epoch, indices = global_batch(self.step, self.cfg.batch_size, len(self.train_set), self.cfg.seed)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        for net in self.stage.raw.values():
+            net.train()
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        micro = self._micro_batches(indices)
+        for i, part in enumerate(micro):
+            batch = self._to_device(self.stage.collate([self.train_set[j] for j in part]))
+            with ExitStack() as stack:
+                if self.dist.active and i < len(micro) - 1:  # sync gradients on the last micro-batch only
+                    for net in self.stage.nets.values():
+                        stack.enter_context(net.no_sync())
+                steps = self.stage.train_step(batch)
+                while True:
+                    with self._autocast():  # forward under autocast, backward outside it
+                        item = next(steps, None)
+                    if item is None:
+                        break
+                    group, loss, metrics = item
+                    if not all_finite(self.dist, loss):
+                        raise TrainingError(
+                            f"{self.name}: the {group} loss became {loss.item()} at step {self.step}; stopping "
+                            f"(the last good checkpoint is {self.ckpt_dir / 'last.pt'})"
+                        )
+                    (loss / len(micro)).backward()
+                    for k, v in metrics.items():
+                        totals[k] = totals.get(k, 0.0) + v / len(micro)
+        factor = self.schedule.factor(self.step)
+        for group, opt in self.optimizers.items():
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if self.cfg.clip > 0 and params:
+                totals[f"grad_norm_{group}"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.clip))
+            for g in opt.param_groups:
+                g["lr"] = self.cfg.lr * factor
+            opt.step()
+        totals["lr"] = self.cfg.lr * factor
+        self.step += 1
+        return mean(self.dist, totals)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self.valid_set is None or len(self.valid_set) == 0:
+            return {}
+        for net in self.stage.raw.values():
+            net.eval()
+        size = max(self.dist.world, self.cfg.batch_size // self.cfg.grad_accum)
+        totals: dict[str, float] = {}
+        n = 0
+        for start in range(0, min(len(self.valid_set), size * self.cfg.valid_batches), size):
+            indices = list(range(start, min(start + size, len(self.valid_set))))[self.dist.rank :: self.dist.world]
+            if not indices:
+                continue
+            with self._autocast():
+                metrics = self.stage.valid_step(self._to_device(self.stage.collate([self.valid_set[j] for j in indices])))
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v
+            n += 1
+        return mean(self.dist, {k: v / max(n, 1) for k, v in totals.items()})
+
+    # ---- the run ----------------------------------------------------------------------------------
+
+    def _log(self, prefix: str, metrics: dict[str, float]) -> None:
+        if not self.dist.main:
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(self.run_dir / "tensorboard")
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"{self.name}/{prefix}/{k}", v, self.step)
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            import json
+
+            f.write(json.dumps({"stage": self.name, "split": prefix, "step": self.step, **metrics}) + "\n")
+
+    def run(self) -> dict[str, float]:
+        """Train to `cfg.steps`, validating and checkpointing on the way; export at the end."""
+        resumed = self.resume()
+        if resumed and self.dist.main:
+            log.info("%s: resumed at step %d", self.name, self.step)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, disable=not self.dist.main or None,
+                   dynamic_ncols=True)
+        last: dict[str, float] = {}
+        start = time.perf_counter()
+        while self.step < self.cfg.steps:
+            last = self.train_step()
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if not k.startswith("grad")})
+                self._log("train", last)
+            if self.step % self.cfg.valid_every == 0 or self.step == self.cfg.steps:
+                valid = self.validate()
+                if valid:
+                    self._log("valid", valid)
+                    self.schedule.on_valid(valid["loss"])
+                    if valid["loss"] < self.best:
+                        self.best = valid["loss"]
+                        self.save("best.pt")
+            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+                self.save("last.pt")
+        bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.dist.main:
+            self.stage.export(self.run_dir / "export")
+            log.info("%s: %d steps in %.1f s", self.name, self.step, time.perf_counter() - start)
+        barrier(self.dist)
+        return last

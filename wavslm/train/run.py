@@ -1,0 +1,105 @@
+"""`wavslm train STAGE`: resolve a stage's config (YAML preset + `--set` overrides), run it, resume it.
+
+A preset file has one section per stage (`ssl:`, `codec:`, `lm:`); `--set train.lr=3e-4` overrides a key
+of the chosen stage's section (values parsed as YAML). The resolved config is written to
+`RUN_DIR/config.yaml`; `--resume RUN_DIR` reads it back and continues from the last checkpoint.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import from_dict, to_dict
+from ..errors import InputError
+from . import dist as distributed
+from .loop import Trainer
+
+log = logging.getLogger("wavslm.train")
+
+
+def _stages() -> dict[str, tuple[type, Any]]:
+    from .lm_stage import LMStage, LMStageConfig
+
+    return {"lm": (LMStageConfig, LMStage)}
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file '{path}' does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InputError(f"config file '{path}' is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise InputError(f"config file '{path}' must hold a mapping of stage sections")
+    return values
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Set dotted keys (`train.lr=3e-4`) in a nested dict; values are parsed as YAML."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set expects key=value, got {item!r}")
+        target = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise InputError(f"--set {key}: '{part}' is not a section")
+        target[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def resolve(stage: str, config: str | Path | None, overrides: list[str]):
+    stages = _stages()
+    if stage not in stages:
+        raise InputError(f"unknown stage {stage!r}; expected one of {sorted(stages)}")
+    cls, _ = stages[stage]
+    section = {}
+    if config is not None:
+        values = read_yaml(config)
+        section = values.get(stage, {})
+        if not isinstance(section, dict):
+            raise InputError(f"config file '{config}': section '{stage}' must be a mapping")
+    source = f"config '{config}' section '{stage}'" if config else f"stage '{stage}' settings"
+    return from_dict(cls, apply_overrides(section, list(overrides)), source)
+
+
+def train(
+    stage: str,
+    run_dir: str | Path,
+    config: str | Path | None = None,
+    overrides: list[str] = (),
+    resume: bool = False,
+    device: str = "auto",
+) -> dict[str, float]:
+    """Run (or resume) one stage in `run_dir`; returns the last step's metrics."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise InputError(f"cannot resume: '{run_dir}' holds no config.yaml from an earlier run")
+        values = yaml.safe_load(saved.read_text())
+        stage = values["stage"]
+        cfg = from_dict(_stages()[stage][0], apply_overrides(values["config"], list(overrides)), saved)
+    else:
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            raise InputError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another folder")
+        cfg = resolve(stage, config, overrides)
+    d = distributed.setup(device)
+    try:
+        if d.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            saved.write_text(yaml.safe_dump({"stage": stage, "config": to_dict(cfg)}, sort_keys=False))
+        distributed.barrier(d)
+        import torch
+
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        built = _stages()[stage][1](cfg, d.device)
+        return Trainer(built, cfg.train, run_dir, d, name=stage).run()
+    finally:
+        distributed.teardown(d)
