@@ -183,6 +183,45 @@ class _StreamWriters:
             tmp.unlink(missing_ok=True)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train.run import train
+
+    if args.resume and args.config:
+        raise InputError("--resume continues the run's own config.yaml; drop --config (use --set to change keys)")
+    metrics = train(args.stage, args.output, args.config, args.set, resume=args.resume, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if not k.startswith("grad"))
+        print(f"{args.stage}: done ({shown}); run folder {args.output}, exported models in {args.output / 'export'}")
+
+
+def cmd_manifest(args: argparse.Namespace) -> None:
+    from .data.manifest import build_manifest
+
+    if not args.input.is_dir():
+        raise InputError(f"audio folder '{args.input}' does not exist")
+    summary = build_manifest(args.input, args.output, min_duration=args.min_duration,
+                             max_duration=args.max_duration, relative_paths=args.relative)
+    print(summary.describe())
+
+
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    from .data.tokenize import merge_parts, tokenize_manifest
+    from .train import dist as distributed
+
+    d = distributed.setup(args.device)
+    try:
+        codec = load_codec(args.codec, str(d.device))
+        ref = args.codec or str(BUNDLED_CODEC)
+        summary = tokenize_manifest(args.input, args.output, codec, rank=d.rank, world_size=d.world,
+                                    codec_ref=ref, merge=not d.active)
+        distributed.barrier(d)
+        if d.active and d.main:
+            merge_parts(args.output, d.world)
+        print(summary.describe() if d.main or d.active else "")
+    finally:
+        distributed.teardown(d)
+
+
 def _existing_file(value: str) -> Path:
     path = Path(value)
     if not path.is_file():
@@ -195,10 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def verb(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+    def verb(name: str, func: Callable, help: str, device: str = "cpu") -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
-        p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        p.add_argument("--device", default=device, help=f"torch device (default: {device})")
         return p
 
     p = verb("encode", cmd_encode, "Encode speech into tokens (.npy, int64, (channels, T)).")
@@ -227,6 +266,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     p.add_argument("--num", type=int, default=1, help="number of continuations (OUT_0.wav, OUT_1.wav, ...)")
     p.add_argument("--stream", action="store_true", help="write audio to disk as it is generated")
+
+    p = verb("train", cmd_train, "Train a stage (ssl, codec, lm); under torchrun it runs data-parallel.", "auto")
+    p.add_argument("stage", help="ssl | codec | lm")
+    p.add_argument("-o", "--output", type=Path, required=True, help="run folder (checkpoints, logs, export/)")
+    p.add_argument("--config", help="YAML preset with a section per stage (e.g. configs/tiny.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, e.g. train.lr=3e-4")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+
+    p = verb("manifest", cmd_manifest, "List the audio files of a folder as a JSONL manifest.")
+    p.add_argument("input", type=Path, help="folder of audio files (searched recursively)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="manifest file (.jsonl)")
+    p.add_argument("--min-duration", type=float, help="leave out shorter files (seconds)")
+    p.add_argument("--max-duration", type=float, help="leave out longer files (seconds)")
+    p.add_argument("--relative", action="store_true", help="store paths relative to the manifest's folder")
+
+    p = verb("tokenize", cmd_tokenize, "Encode a manifest's audio into token shards (split across torchrun ranks).", "auto")
+    p.add_argument("input", type=Path, help="manifest (.jsonl)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="shards folder")
+    p.add_argument("--codec", help="codec folder, .json or Hub id (default: the bundled model)")
     return parser
 
 
@@ -246,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--num must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        if hasattr(args, "input") and args.command in ("encode", "resynth", "generate"):
+        if hasattr(args, "input") and args.command in ("encode", "resynth", "generate", "tokenize"):
             _existing_file(args.input)
         args.func(args)
     except InputError as error:

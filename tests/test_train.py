@@ -1,0 +1,149 @@
+"""Training: the lm stage learns, DDP under torchrun equals one process, a killed run resumes exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from wavslm import Codec, WavSLM, load_audio
+from wavslm.data.shards import ShardWriter
+from wavslm.train.run import train
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Real speech from the shared corpus, tokenized by the reference codec."""
+    from conftest import REFERENCE, SPEECH
+
+    if REFERENCE is None or SPEECH is None:
+        pytest.skip("reference fixtures or speech clips not found")
+    codec_dir = REFERENCE / "codec_tiny_causal"
+    codec = Codec.from_pretrained(codec_dir)
+    folder = tmp_path_factory.mktemp("shards")
+    clips = sorted((SPEECH / "librispeech-dev-clean").rglob("*.wav"))[:4]
+    with ShardWriter(folder, codec.vocab_size, codec=str(codec_dir), frame_rate=codec.frame_rate) as writer:
+        for clip in clips:
+            sig, _ = load_audio(clip, sample_rate=16000, mono=True)
+            writer.append(codec.encode(sig)[0], str(clip))
+    return folder, codec_dir
+
+
+def lm_settings(shards, **train):
+    folder, codec_dir = shards
+    settings = {
+        "data": {"train": str(folder), "valid": str(folder), "codec": str(codec_dir), "crop_tokens": 32},
+        "model": {"num_layers": 2, "dim": 64, "ffn_dim": 128, "num_heads": 4, "num_buckets": 32, "max_distance": 64,
+                  "window_size": 16},
+        "train": {"steps": 60, "batch_size": 4, "lr": 3e-3, "warmup_steps": 5, "valid_every": 30, "valid_batches": 1,
+                  "save_every": 30, "log_every": 1, **train},
+    }
+    return settings
+
+
+def write_config(path, settings):
+    path.write_text(yaml.safe_dump({"lm": settings}))
+    return path
+
+
+def losses(run_dir, split="train"):
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == split]
+
+
+def test_lm_stage_overfits_real_speech_and_exports(shards, tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", lm_settings(shards))
+    train("lm", tmp_path / "run", config, ["data.random_crop=false", "train.steps=100", "train.schedule=constant"])
+    curve = losses(tmp_path / "run")
+    assert curve[-1] < 0.5 * curve[0], curve[:: max(1, len(curve) // 6)]
+    assert sorted(p.name for p in (tmp_path / "run" / "export").iterdir()) == ["codec", "lm"]
+    lm = WavSLM.from_pretrained(tmp_path / "run" / "export" / "lm")  # finds ../codec on its own
+    assert set(load_file(tmp_path / "run" / "export" / "lm" / "model.safetensors")) == set(
+        k for k in lm.state_dict() if not k.startswith("codec.")
+    )
+    gen_sig, gen_toks = lm.generate(bos_toks=torch.randint(0, 64, (1, 12)), max_gen_toks=8, seed=0)
+    assert gen_toks.shape == (1, 8) and gen_sig.shape == (1, 8 * 480)
+    assert (tmp_path / "run" / "tensorboard").is_dir() and (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+
+
+def run_cli(*args, env=None, **kwargs):
+    return subprocess.run([*args], capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
+
+
+def test_two_process_ddp_matches_one_process(shards, tmp_path):
+    config = write_config(tmp_path / "c.yaml", lm_settings(shards, steps=6, valid_every=100, save_every=100, lr=1e-3))
+    single = run_cli(sys.executable, "-m", "wavslm.cli", "train", "lm", "--config", config, "-o", tmp_path / "one")
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = run_cli(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                  "-m", "wavslm.cli", "train", "lm", "--config", config, "-o", tmp_path / "two",
+                  env={"OMP_NUM_THREADS": "1"})
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 6
+    assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-5, (one, two)
+
+
+def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(shards, tmp_path):
+    settings = lm_settings(shards, steps=40, save_every=3, valid_every=100, lr=1e-3)
+    config = write_config(tmp_path / "c.yaml", settings)
+    command = [sys.executable, "-m", "wavslm.cli", "train", "lm", "--config", str(config), "-o"]
+    victim = subprocess.Popen([*command, str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 10):
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = len(log.read_text().splitlines())
+    assert 10 <= done < 40, "the run was not killed mid-training"
+    resumed = run_cli(sys.executable, "-m", "wavslm.cli", "train", "lm", "-o", tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    clean = run_cli(*command, tmp_path / "clean")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    a = load_file(tmp_path / "killed" / "export" / "lm" / "model.safetensors")
+    b = load_file(tmp_path / "clean" / "export" / "lm" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert not list((tmp_path / "killed" / "checkpoints").glob(".*.tmp"))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(shards, tmp_path):
+    from wavslm.train.loop import TrainingError
+
+    config = write_config(tmp_path / "c.yaml", lm_settings(shards, steps=50, save_every=1, valid_every=100, lr=1e12,
+                                                            clip=0.0, warmup_steps=0))
+    with pytest.raises(TrainingError, match=r"the main loss became (nan|inf) at step \d+; stopping \(the last good checkpoint"):
+        train("lm", tmp_path / "run", config)
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)  # intact
+
+
+def test_config_errors(shards, tmp_path):
+    from wavslm import InputError
+
+    config = write_config(tmp_path / "c.yaml", lm_settings(shards))
+    with pytest.raises(InputError, match=r"section 'lm'.*unknown keys \['colour'\]"):
+        train("lm", tmp_path / "run", config, ["train.colour=red"])
+    with pytest.raises(InputError, match="--set expects key=value"):
+        train("lm", tmp_path / "run", config, ["train.lr"])
+    with pytest.raises(InputError, match="unknown stage 'music'"):
+        train("music", tmp_path / "run", config)
+    with pytest.raises(InputError, match="holds no config.yaml"):
+        train("lm", tmp_path / "nothing", resume=True)
+
+
+def test_manifest_and_tokenize_under_torchrun_equal_one_process(speech, reference, tmp_path):
+    codec = reference / "codec_tiny_causal"
+    made = run_cli(sys.executable, "-m", "wavslm.cli", "manifest", speech / "voicebank-noisy-testset", "-o", tmp_path / "m.jsonl")
+    assert made.returncode == 0 and "wrote 3 files" in made.stdout, made.stderr
+    one = run_cli(sys.executable, "-m", "wavslm.cli", "tokenize", tmp_path / "m.jsonl", "-o", tmp_path / "one", "--codec", codec)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run_cli(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "wavslm.cli",
+                  "tokenize", tmp_path / "m.jsonl", "-o", tmp_path / "two", "--codec", codec, env={"OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert (tmp_path / "one" / "tokens.bin").read_bytes() == (tmp_path / "two" / "tokens.bin").read_bytes()
