@@ -110,6 +110,7 @@ class Trainer:
         self.step = 0
         self.best = math.inf
         self.writer = None
+        self._start = time.perf_counter()
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -245,7 +246,8 @@ class Trainer:
         with open(self.run_dir / "log.jsonl", "a") as f:
             import json
 
-            f.write(json.dumps({"stage": self.name, "split": prefix, "step": self.step, **metrics}) + "\n")
+            row = {"stage": self.name, "split": prefix, "step": self.step, "time": time.perf_counter() - self._start}
+            f.write(json.dumps({**row, **metrics}) + "\n")
 
     def run(self) -> dict[str, float]:
         """Train to `cfg.steps`, validating and checkpointing on the way; export at the end."""
@@ -255,7 +257,7 @@ class Trainer:
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, disable=not self.dist.main or None,
                    dynamic_ncols=True)
         last: dict[str, float] = {}
-        start = time.perf_counter()
+        start = self._start = time.perf_counter()
         while self.step < self.cfg.steps:
             last = self.train_step()
             bar.update(1)
