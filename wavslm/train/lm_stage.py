@@ -26,6 +26,7 @@ class LMDataConfig:
     valid: str = ""  # token shards for validation ("" for none)
     codec: str = ""  # the codec the shards were made with (its decompressor makes the features)
     crop_tokens: int = 256
+    random_crop: bool = True  # False: every epoch takes each utterance's first crop
 
 
 @dataclass
@@ -88,8 +89,8 @@ class LMStage:
         self.nets: dict[str, nn.Module] = {"lm": lm.to(device)}
         self.raw = dict(self.nets)
         seed = cfg.train.seed
-        self._train = TokenCrops(TokenShards(cfg.data.train), cfg.data.crop_tokens, seed=seed)
-        self._valid = TokenCrops(TokenShards(cfg.data.valid), cfg.data.crop_tokens, seed=seed + 1) if cfg.data.valid else None
+        self._train = TokenCrops(TokenShards(cfg.data.train), cfg.data.crop_tokens, seed=seed, random_crop=cfg.data.random_crop)
+        self._valid = TokenCrops(TokenShards(cfg.data.valid), cfg.data.crop_tokens, random_crop=False) if cfg.data.valid else None
         self.collate = collate_tokens
 
     def _build_model(self) -> WavSLM:
