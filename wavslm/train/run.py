@@ -21,8 +21,10 @@ log = logging.getLogger("wavslm.train")
 
 def _stages() -> dict[str, tuple[type, Any]]:
     from .lm_stage import LMStage, LMStageConfig
+    from .ssl_stage import SSLStage, SSLStageConfig
 
-    return {"lm": (LMStageConfig, LMStage)}
+    return {"lm": (LMStageConfig, LMStage),
+            "ssl": (SSLStageConfig, SSLStage)}
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -118,6 +118,7 @@ def ssl_forward(
     min_masks: int = 2,
     unmasked_weight: float = 0.0,
     feature_grad_mult: float = 1.0,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One masked-prediction pass: `sig (B, N)` at 16 kHz, `labels (B, T)` cluster ids per WavLM frame.
 
@@ -128,6 +129,8 @@ def ssl_forward(
     `.item()` only when logging). `lengths (B,)`: valid samples per row; frames past them get no mask and
     no loss, but the transformer still attends to them, so prefer equal-length crops. All layers run even
     when `layer` is lower: the layers above get no gradient (DDP: `find_unused_parameters=True`).
+    `mask (B, T)` bool, if given, replaces the drawn spans (e.g. one generator per item, so that an item
+    is masked alike however the batch is split across ranks); frames past `lengths` are never masked.
     """
     if layer is not None and not 0 <= layer <= wavlm.config.num_layers:
         raise ValueError(f"layer must be in [0, {wavlm.config.num_layers}], got {layer}")
@@ -144,7 +147,14 @@ def ssl_forward(
         frames = num_frames(lengths.to(feats.device))
         labels = labels.masked_fill(torch.arange(T, device=feats.device)[None, :] >= frames[:, None], IGNORE)
     x = wavlm.dropout(wavlm.feature_proj(_scale_grad(feats, feature_grad_mult)))
-    mask = span_mask(B, T, mask_prob, mask_length, min_masks, frames, mask_generator, x.device)
+    if mask is None:
+        mask = span_mask(B, T, mask_prob, mask_length, min_masks, frames, mask_generator, x.device)
+    elif mask.shape != (B, T):
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the {T} WavLM frames of a batch of {B}")
+    else:
+        mask = mask.to(x.device, torch.bool)
+        if frames is not None:
+            mask = mask & (torch.arange(T, device=x.device)[None, :] < frames[:, None])
     x = head.apply_mask(x, mask)
     hidden: list[Tensor] = []
     out, _ = wavlm.encoder(x, use_cache=False, hidden=hidden if layer is not None else None)
@@ -185,10 +195,15 @@ class SSLModel(nn.Module):
                             unmasked_weight=unmasked_weight, feature_grad_mult=feature_grad_mult)
 
     def forward(
-        self, sig: Tensor, labels: Tensor, mask_generator: torch.Generator | None = None, lengths: Tensor | None = None
+        self,
+        sig: Tensor,
+        labels: Tensor,
+        mask_generator: torch.Generator | None = None,
+        lengths: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """`ssl_forward` with this model's options: `(loss, metrics)`."""
-        return ssl_forward(self.wavlm, self.head, sig, labels, mask_generator, lengths, **self.options)
+        return ssl_forward(self.wavlm, self.head, sig, labels, mask_generator, lengths, **self.options, mask=mask)
 
 
 @torch.no_grad()
