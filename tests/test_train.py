@@ -147,3 +147,14 @@ def test_manifest_and_tokenize_under_torchrun_equal_one_process(speech, referenc
                   "tokenize", tmp_path / "m.jsonl", "-o", tmp_path / "two", "--codec", codec, env={"OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-2000:]
     assert (tmp_path / "one" / "tokens.bin").read_bytes() == (tmp_path / "two" / "tokens.bin").read_bytes()
+
+
+@pytest.mark.parametrize("preset", ["paper_4k.yaml"])
+def test_presets_resolve(preset):
+    from pathlib import Path
+
+    from wavslm.train.run import read_yaml, resolve
+
+    path = Path(__file__).resolve().parents[1] / "configs" / preset
+    for stage in read_yaml(path):
+        resolve(stage, path, [])
