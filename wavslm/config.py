@@ -27,6 +27,12 @@ def from_dict(cls: type[C], values: dict[str, Any], source: object) -> C:
             clean[name] = from_dict(kind, value, f"{source}: '{name}'")
             continue
         allowed = _SCALARS.get(kind)
+        if kind is float and isinstance(value, str):
+            # YAML 1.1 reads "2e-3" (no dot) as a string; accept what is plainly a number.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if allowed and (not isinstance(value, allowed) or (kind is not bool and isinstance(value, bool))):
             raise InputError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
         if isinstance(value, list) and getattr(kind, "__origin__", None) is tuple:

@@ -20,10 +20,11 @@ log = logging.getLogger("wavslm.train")
 
 
 def _stages() -> dict[str, tuple[type, Any]]:
+    from .codec_stage import CodecStage, CodecStageConfig
     from .lm_stage import LMStage, LMStageConfig
     from .ssl_stage import SSLStage, SSLStageConfig
 
-    return {"lm": (LMStageConfig, LMStage),
+    return {"codec": (CodecStageConfig, CodecStage), "lm": (LMStageConfig, LMStage),
             "ssl": (SSLStageConfig, SSLStage)}
 
 
