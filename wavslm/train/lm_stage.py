@@ -36,6 +36,7 @@ class LMModelConfig:
 
     init: str = "scratch"
     init_from: str = ""
+    allow_pickle: bool = False  # read a .bin/.pt init checkpoint (weights_only), e.g. microsoft/wavlm-large
     first_layer: int = 6
     num_layers: int = 18
     dim: int = 1024
@@ -98,9 +99,9 @@ class LMStage:
         vocab = self.codec.vocab_size
         if m.init == "wavlm":
             return WavSLM.from_wavlm(m.init_from, m.first_layer, m.num_layers, vocab, str(self.cfg.data.codec),
-                                     m.window_size, m.lookahead_size)
+                                     m.window_size, m.lookahead_size, allow_pickle=m.allow_pickle)
         if m.init == "lm":
-            return WavSLM.from_pretrained(m.init_from, load_codec=False).train()
+            return WavSLM.from_pretrained(m.init_from, load_codec=False, allow_pickle=m.allow_pickle).train()
         if m.init != "scratch":
             raise InputError(f"lm stage: model.init must be scratch, wavlm or lm, got {m.init!r}")
         config = WavSLMConfig(vocab_size=vocab, num_layers=m.num_layers, dim=m.dim, ffn_dim=m.ffn_dim,
