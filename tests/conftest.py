@@ -47,3 +47,24 @@ def speech() -> Path:
     if SPEECH is None:
         pytest.skip("speech clips not found; set WAVSLM_SPEECH to shared/data/speech")
     return SPEECH
+
+
+def refit(param, output, target, rounds=1, max_iter=100):
+    """Fit only `param` so that `output()` matches `target` (least squares, L-BFGS).
+
+    Used to show that the reference fixtures differ from their saved weights in one place only: the
+    relative position embedding (see tests/test_lm.py and tests/test_codec.py).
+    """
+    with torch.enable_grad():
+        param.requires_grad_(True)
+        opt = torch.optim.LBFGS([param], max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-12)
+
+        def closure():
+            opt.zero_grad()
+            loss = ((output() - target) ** 2).sum()
+            loss.backward()
+            return loss
+
+        for _ in range(rounds):  # a new round restarts L-BFGS's memory
+            opt.step(closure)
+    param.requires_grad_(False)

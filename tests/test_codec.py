@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import refit
 from safetensors.torch import load_file
 
 from wavslm import Codec, InputError, load_audio
@@ -30,23 +31,8 @@ def refit_relative_embedding(codec, sig, target):
     """Fit only the encoder's 32 x 4 relative position embedding to the fixture's features."""
     enc = codec.encoder
     with torch.no_grad():
-        x, _ = enc.extract(sig)
-        x = enc.feature_proj(x)
-    emb = enc.encoder.relative_embedding.weight
-    with torch.enable_grad():
-        emb.requires_grad_(True)
-        opt = torch.optim.LBFGS([emb], max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-12)
-
-        def closure():
-            opt.zero_grad()
-            feats, _ = enc.encoder(x)
-            loss = ((feats - target) ** 2).sum()
-            loss.backward()
-            return loss
-
-        for _ in range(2):  # a second round restarts L-BFGS's memory and gets well under 1e-4
-            opt.step(closure)
-    emb.requires_grad_(False)
+        x = enc.feature_proj(enc.extract(sig)[0])  # the conv front end does not depend on the embedding
+    refit(enc.encoder.relative_embedding.weight, lambda: enc.encoder(x)[0], target, rounds=2, max_iter=200)
 
 
 def stream(codec, sig, samples_per_call):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import refit
 from safetensors.torch import load_file
 
 from wavslm import InputError, WavSLM, WavSLMConfig
@@ -38,20 +39,7 @@ def stream_logits(lm, qfeats, pieces):
 
 def refit_relative_embedding(lm, qfeats, target):
     """Fit only the 32 x 4 relative position embedding to the fixture's logits (see the test below)."""
-    emb = lm.encoder.relative_embedding.weight
-    with torch.enable_grad():
-        emb.requires_grad_(True)
-        opt = torch.optim.LBFGS([emb], max_iter=100, line_search_fn="strong_wolfe", tolerance_grad=1e-12)
-
-        def closure():
-            opt.zero_grad()
-            logits, _ = lm(qfeats, use_cache=False)
-            loss = ((logits - target) ** 2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-    emb.requires_grad_(False)
+    refit(lm.encoder.relative_embedding.weight, lambda: lm(qfeats, use_cache=False)[0], target)
 
 
 def test_loads_the_released_folder_unchanged(lm, lm_dir):
