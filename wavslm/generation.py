@@ -170,6 +170,13 @@ def generate_steps(
                 feats, state = lm.encoder(qfeats, state)
 
 
+def _continue(lm, bos_sig, sample_rate, bos_toks, max_gen_secs, max_gen_toks, top_p, top_k, temp, seed):
+    """The prompts as tokens, the number of steps, then `generate_steps`: shared by `generate` and `stream`."""
+    rows = prompt_tokens(lm, bos_sig, sample_rate, bos_toks)
+    steps = _num_steps(lm, max(len(r) for r in rows), max_gen_secs, max_gen_toks)
+    return generate_steps(lm, rows, steps, top_p, top_k, temp, seed)
+
+
 def generate(
     lm: "WavSLM",
     bos_sig: Prompt | None = None,
@@ -188,9 +195,7 @@ def generate(
     Returns `(gen_sig (B, N), gen_toks (B, T))`: the continuation only, at `sample_rate` when given,
     else at the codec's output rate. Defaults to a continuation as long as the prompt.
     """
-    rows = prompt_tokens(lm, bos_sig, sample_rate, bos_toks)
-    steps = _num_steps(lm, max(len(r) for r in rows), max_gen_secs, max_gen_toks)
-    parts = list(generate_steps(lm, rows, steps, top_p, top_k, temp, seed))
+    parts = list(_continue(lm, bos_sig, sample_rate, bos_toks, max_gen_secs, max_gen_toks, top_p, top_k, temp, seed))
     gen_toks = torch.cat([t for t, _ in parts], dim=1)
     gen_sig = torch.cat([a for _, a in parts], dim=1)
     if sample_rate is not None:
@@ -211,7 +216,5 @@ def stream(
     seed: int | None = None,
 ) -> Iterator[Tensor]:
     """Yield the continuation's audio `(B, C * hop)` at the codec's output rate, one step (80 ms) at a time."""
-    rows = prompt_tokens(lm, bos_sig, sample_rate, bos_toks)
-    steps = _num_steps(lm, max(len(r) for r in rows), max_gen_secs, max_gen_toks)
-    for _, audio in generate_steps(lm, rows, steps, top_p, top_k, temp, seed):
+    for _, audio in _continue(lm, bos_sig, sample_rate, bos_toks, max_gen_secs, max_gen_toks, top_p, top_k, temp, seed):
         yield audio
