@@ -149,12 +149,16 @@ def test_manifest_and_tokenize_under_torchrun_equal_one_process(speech, referenc
     assert (tmp_path / "one" / "tokens.bin").read_bytes() == (tmp_path / "two" / "tokens.bin").read_bytes()
 
 
-@pytest.mark.parametrize("preset", ["paper_4k.yaml"])
+@pytest.mark.parametrize("preset", ["paper_4k.yaml", "tiny.yaml"])
 def test_presets_resolve(preset):
     from pathlib import Path
 
+    from wavslm.recipe import resolve_recipe
     from wavslm.train.run import read_yaml, resolve
 
     path = Path(__file__).resolve().parents[1] / "configs" / preset
     for stage in read_yaml(path):
-        resolve(stage, path, [])
+        if stage == "recipe":
+            resolve_recipe(str(path), [])
+        else:
+            resolve(stage, path, [])

@@ -302,9 +302,16 @@ def save_hf(model: WavLM, folder: str | os.PathLike):
 _HF_IGNORED = ("masked_spec_embed", "quantizer.", "project_", "lm_head.", "adapter.")
 
 
+def wavlm_ref(ref: str | os.PathLike) -> str:
+    """An `ssl` run's export folder holds its WavLM in `wavlm/`; any other reference is taken as it is."""
+    inner = os.path.join(ref, "wavlm")
+    return inner if os.path.isfile(os.path.join(inner, "config.json")) else str(ref)
+
+
 def from_hf(ref: str | os.PathLike, allow_pickle: bool = False) -> WavLM:
-    """Load a Hugging Face WavLM (folder or Hub id, e.g. `microsoft/wavlm-large`) as a bidirectional `WavLM`."""
-    resolved = hub.resolve(ref, allow_pickle)
+    """Load a Hugging Face WavLM (folder or Hub id, e.g. `microsoft/wavlm-large`, or an `ssl` run's export)
+    as a bidirectional `WavLM`."""
+    resolved = hub.resolve(wavlm_ref(ref), allow_pickle)
     config = config_from_hf(hub.read_json(resolved.config), resolved.config)
     if resolved.weights is None:
         raise InputError(f"WavLM '{ref}' has no model.safetensors (pass allow_pickle=True to read pytorch_model.bin)")

@@ -17,7 +17,7 @@ from ..config import to_dict
 from ..errors import InputError
 from ..modules.bsq import straight_through
 from ..modules.focal import FocalCompressor, FocalDecompressor
-from ..wavlm import WavLM, WavLMConfig, config_from_hf, from_hf
+from ..wavlm import WavLM, WavLMConfig, config_from_hf, from_hf, wavlm_ref
 from .losses import discriminator_adv_loss, feature_matching_loss, generator_adv_loss, mel_loss
 
 # WavLMConfig fields that fix the weights' shapes and meaning: the causal encoder must copy the teacher's.
@@ -30,7 +30,7 @@ ARCHITECTURE = ("hidden_dims", "kernel_sizes", "strides", "dim", "ffn_dim", "num
 
 def teacher_config(ref: str) -> WavLMConfig:
     """The architecture of the teacher `ref`: a Hugging Face-layout WavLM, or a FocalCodec whose encoder it is."""
-    resolved = hub.resolve(ref)
+    resolved = hub.resolve(wavlm_ref(ref))
     values = hub.read_json(resolved.config)
     if "encoder_config" in values:  # a FocalCodec folder: its (non-causal) encoder is the teacher, as in the recipe
         from ..codec import Codec, CodecConfig
@@ -54,7 +54,7 @@ def load_teacher(ref: str, layers: int) -> WavLM:
         raise InputError(f"teacher '{ref}' is causal; the recipe distils from a non-causal (full-context) WavLM")
     if not 1 <= layers <= config.num_layers:
         raise InputError(f"teacher_layers must be in [1, {config.num_layers}] for teacher '{ref}', got {layers}")
-    if "encoder_config" in hub.read_json(hub.resolve(ref).config):
+    if "encoder_config" in hub.read_json(hub.resolve(wavlm_ref(ref)).config):
         from ..codec import Codec
 
         full = Codec.from_pretrained(ref).encoder

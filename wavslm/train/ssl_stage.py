@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..data.manifest import write_atomic
 from ..data.segments import AudioSegments, collate_segments, stable_randint
 from ..errors import InputError
-from ..wavlm import WavLM, WavLMConfig, from_hf, save_hf
+from ..wavlm import WavLM, WavLMConfig, from_hf, save_hf, wavlm_ref
 from .features import SAMPLE_RATE, kmeans_assign, kmeans_fit, mfcc, num_frames
 from .loop import TrainConfig
 from .ssl_parts import MaskedPredictionHead, SSLModel, features_for_kmeans, span_mask
@@ -112,12 +112,6 @@ def item_masks(indices: Tensor, frames: Tensor, T: int, keys: tuple[int, ...], m
     return torch.cat(rows)
 
 
-def _teacher_ref(ref: str) -> str:
-    """A previous ssl run's export holds `wavlm/`; anything else is a Hugging Face-layout WavLM itself."""
-    inner = Path(ref) / "wavlm"
-    return str(inner) if (inner / "config.json").is_file() else ref
-
-
 class SSLStage:
     """HuBERT-style pre-training of a bidirectional WavLM (see the module notes); the loop drives it."""
 
@@ -180,7 +174,7 @@ class SSLStage:
 
     def _load_teacher(self) -> WavLM:
         t = self.cfg.targets
-        ref = _teacher_ref(t.teacher)
+        ref = wavlm_ref(t.teacher)
         teacher = from_hf(ref)
         tc = teacher.config
         if list(tc.kernel_sizes) != _FRONT_END.kernel_sizes or list(tc.strides) != _FRONT_END.strides:
@@ -253,7 +247,7 @@ class SSLStage:
         write_atomic(folder / "kmeans.safetensors", safetensors_bytes(centroids, metadata={"format": "pt"}))
         info = {
             "targets": t.kind,
-            "teacher": _teacher_ref(t.teacher) if t.kind == "features" else None,
+            "teacher": wavlm_ref(t.teacher) if t.kind == "features" else None,
             "teacher_layer": t.layer if t.kind == "features" else None,
             "mfcc": {"n_mfcc": 13, "deltas": True, "normalize": False} if t.kind == "mfcc" else None,
             "num_clusters": t.num_clusters,

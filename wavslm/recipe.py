@@ -1,0 +1,213 @@
+"""`wavslm recipe`: the whole stack from nothing, stage by stage, in one run folder.
+
+    corpus -> ssl -> codec (decoder, posemb, encoder, quantizer, joint) -> tokenize -> lm -> bench -> eval -> report
+
+Every stage writes into its own sub-folder of RUN and is skipped once done, so running the same command
+again after a kill continues where it stopped (a stage cut mid-training resumes from its last checkpoint).
+The preset's `recipe:` section says how much corpus to make and how each codec sub-stage differs from
+the `codec:` section; `--set` overrides any key, with the section first (`lm.train.steps=100`,
+`recipe.corpus.hours=0.2`).
+"""
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import from_dict, to_dict
+from .errors import InputError
+from .train.run import apply_overrides, read_yaml, train
+
+log = logging.getLogger("wavslm.recipe")
+
+CODEC_STEPS = ("decoder", "posemb", "encoder", "quantizer", "joint")
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class CorpusConfig:
+    hours: float = 1.0
+    seed: int = 0
+    workers: int = 0  # 0: one per CPU core, at most 2
+
+
+@dataclass
+class BenchConfig:
+    pairs: int = 100
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    codec_files: int = 20  # held-out utterances resynthesised for the codec metrics
+    prompts: int = 8  # held-out utterances whose first `prompt_seconds` are continued
+    prompt_seconds: float = 3.0
+    seconds: float = 3.0
+    batch_size: int = 16
+
+
+@dataclass
+class RecipeConfig:
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    codec_steps: dict[str, list[str]] = field(default_factory=dict)  # sub-stage -> `--set` overrides of `codec:`
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def preset_path(name: str) -> Path:
+    """`tiny` -> configs/tiny.yaml; a path to a YAML file is taken as it is."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+        raise InputError(f"unknown recipe preset {name!r}; expected one of {known} or a .yaml file")
+    return path
+
+
+def resolve_recipe(preset: str, overrides: list[str]) -> tuple[RecipeConfig, dict]:
+    """The recipe section and the stage sections, with `section.key=value` overrides applied."""
+    path = preset_path(preset)
+    values = read_yaml(path)
+    for item in overrides:
+        section, dot, rest = item.partition(".")
+        if not dot or section not in ("recipe", "ssl", "codec", "lm"):
+            raise InputError(f"--set {item!r}: start the key with its section: recipe., ssl., codec. or lm.")
+        apply_overrides(values.setdefault(section, {}), [rest])
+    recipe = from_dict(RecipeConfig, values.pop("recipe", {}), f"{path} section 'recipe'")
+    unknown = sorted(set(recipe.codec_steps) - set(CODEC_STEPS))
+    if unknown:
+        raise InputError(f"{path}: recipe.codec_steps has unknown sub-stages {unknown}; expected {list(CODEC_STEPS)}")
+    return recipe, values
+
+
+class Recipe:
+    """One run folder; `run()` does every stage not yet done."""
+
+    def __init__(self, preset: str, run_dir: str | os.PathLike, overrides: list[str] = (), corpus: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.recipe, self.sections = resolve_recipe(preset, list(overrides))
+        self.corpus = Path(corpus) if corpus else self.run_dir / "corpus"
+        self.synthetic = corpus is None
+        self.config = self.run_dir / "recipe.yaml"
+        self.timings: dict[str, float] = {}
+
+    # ---- the stages -------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        stages = [("corpus", self.make_corpus), ("ssl", self.train_ssl)]
+        stages += [(f"codec_{step}", lambda s=step: self.train_codec(s)) for step in CODEC_STEPS]
+        stages += [("tokenize", self.tokenize), ("lm", self.train_lm)]
+        if self.synthetic:
+            stages += [("bench", self.make_bench)]
+        stages += [("eval", self.evaluate)]
+        for name, func in stages:
+            self._stage(name, func)
+        return self.report()
+
+    def _stage(self, name: str, func) -> None:
+        done = self.run_dir / "done" / name
+        if done.is_file():
+            log.info("recipe: %s already done", name)
+            self.timings[name] = json.loads(done.read_text())["seconds"]
+            return
+        log.info("recipe: %s", name)
+        start = time.perf_counter()
+        func()
+        self.timings[name] = time.perf_counter() - start
+        done.parent.mkdir(exist_ok=True)
+        done.write_text(json.dumps({"seconds": self.timings[name]}))
+        print(f"recipe: {name} done in {self.timings[name]:.0f} s", flush=True)
+
+    def _train(self, stage: str, folder: Path, overrides: list[str]) -> None:
+        # A stage killed mid-training resumes from its checkpoint; the settings are re-applied as given.
+        resume = (folder / "checkpoints" / "last.pt").is_file()
+        config = self.run_dir / "presets" / f"{stage}.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump({stage: self.sections.get(stage, {})}))
+        train(stage, folder, None if resume else config, overrides, resume=resume)
+
+    def make_corpus(self) -> None:
+        if not self.synthetic:
+            for split in ("train", "valid", "test"):
+                if not (self.corpus / f"{split}.jsonl").is_file():
+                    raise InputError(f"corpus folder '{self.corpus}' has no {split}.jsonl manifest")
+            return
+        from .data.synth import make_corpus
+
+        c = self.recipe.corpus
+        make_corpus(self.corpus, hours=c.hours, seed=c.seed, workers=c.workers or min(2, os.cpu_count() or 1))
+
+    def _data(self) -> list[str]:
+        return [f"data.train={self.corpus / 'train.jsonl'}", f"data.valid={self.corpus / 'valid.jsonl'}"]
+
+    def train_ssl(self) -> None:
+        self._train("ssl", self.run_dir / "ssl", self._data())
+
+    def train_codec(self, step: str) -> None:
+        index = CODEC_STEPS.index(step)
+        chain = [f"init_from={self.run_dir / f'codec_{CODEC_STEPS[index - 1]}' / 'export'}"] if index else []
+        overrides = [f"step={step}", f"teacher={self.run_dir / 'ssl' / 'export'}", *self._data(), *chain,
+                     *self.recipe.codec_steps.get(step, [])]
+        self._train("codec", self.run_dir / f"codec_{step}", overrides)
+
+    @property
+    def codec_dir(self) -> Path:
+        return self.run_dir / "codec_joint" / "export" / "codec"
+
+    def tokenize(self) -> None:
+        from .codec import Codec
+        from .data.tokenize import tokenize_manifest
+
+        codec = Codec.from_pretrained(self.codec_dir)
+        for split in ("train", "valid"):
+            tokenize_manifest(self.corpus / f"{split}.jsonl", self.run_dir / "shards" / split, codec,
+                              codec_ref=str(self.codec_dir))
+
+    def train_lm(self) -> None:
+        shards = self.run_dir / "shards"
+        self._train("lm", self.run_dir / "lm", [
+            f"data.train={shards / 'train'}", f"data.valid={shards / 'valid'}", f"data.codec={self.codec_dir}",
+            f"model.init_from={self.run_dir / 'ssl' / 'export'}",
+        ])
+
+    def make_bench(self) -> None:
+        from .eval.synth_bench import make_bench
+
+        make_bench(self.run_dir / "bench", seed=self.recipe.bench.seed, pairs=self.recipe.bench.pairs)
+
+    def evaluate(self) -> None:
+        from .eval.recipe_eval import evaluate_run
+
+        results = evaluate_run(self.run_dir / "lm" / "export" / "lm", self.corpus / "test.jsonl",
+                               self.run_dir / "bench" if self.synthetic else None, self.recipe.eval)
+        _write_json(self.run_dir / "eval.json", results)
+
+    # ---- bookkeeping ------------------------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        resolved = {"recipe": to_dict(self.recipe), **self.sections}
+        if self.config.is_file() and yaml.safe_load(self.config.read_text()) != resolved:
+            log.warning("recipe: the settings differ from the ones this run started with (%s); stages already "
+                        "done are kept", self.config)
+        self.config.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    def report(self) -> dict:
+        evaluation = json.loads((self.run_dir / "eval.json").read_text())
+        report = {"run_dir": str(self.run_dir), "seconds": self.timings,
+                  "total_seconds": sum(self.timings.values()), "eval": evaluation}
+        _write_json(self.run_dir / "report.json", report)
+        return report
+
+
+def _write_json(path: Path, values: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(values, indent=2))
+    os.replace(tmp, path)
