@@ -194,6 +194,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{args.stage}: done ({shown}); run folder {args.output}, exported models in {args.output / 'export'}")
 
 
+def cmd_recipe(args: argparse.Namespace) -> None:
+    from .recipe import Recipe
+
+    report = Recipe(args.preset, args.output, args.set, corpus=args.corpus, device=args.device).run()
+    print(f"recipe: done in {report['total_seconds'] / 60:.1f} min; report in {args.output / 'report.json'}, "
+          f"models in {args.output / 'lm' / 'export'}")
+
+
 def cmd_manifest(args: argparse.Namespace) -> None:
     from .data.manifest import build_manifest
 
@@ -273,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML preset with a section per stage (e.g. configs/tiny.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, e.g. train.lr=3e-4")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+
+    p = verb("recipe", cmd_recipe, "Train the whole stack from nothing (corpus, ssl, codec, tokenize, lm, eval); "
+             "run it again to continue after a stop.", "auto")
+    p.add_argument("preset", help="a preset in configs/ (tiny) or a .yaml file with ssl/codec/lm/recipe sections")
+    p.add_argument("-o", "--output", type=Path, required=True, help="run folder (one sub-folder per stage)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a key, e.g. lm.train.steps=500 or recipe.corpus.hours=0.5")
+    p.add_argument("--corpus", help="use this folder's train/valid/test.jsonl instead of a synthetic corpus")
 
     p = verb("manifest", cmd_manifest, "List the audio files of a folder as a JSONL manifest.")
     p.add_argument("input", type=Path, help="folder of audio files (searched recursively)")

@@ -89,8 +89,10 @@ def resolve_recipe(preset: str, overrides: list[str]) -> tuple[RecipeConfig, dic
 class Recipe:
     """One run folder; `run()` does every stage not yet done."""
 
-    def __init__(self, preset: str, run_dir: str | os.PathLike, overrides: list[str] = (), corpus: str | None = None):
+    def __init__(self, preset: str, run_dir: str | os.PathLike, overrides: list[str] = (), corpus: str | None = None,
+                 device: str = "auto"):
         self.run_dir = Path(run_dir)
+        self.device = device
         self.recipe, self.sections = resolve_recipe(preset, list(overrides))
         self.corpus = Path(corpus) if corpus else self.run_dir / "corpus"
         self.synthetic = corpus is None
@@ -132,7 +134,7 @@ class Recipe:
         config = self.run_dir / "presets" / f"{stage}.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump({stage: self.sections.get(stage, {})}))
-        train(stage, folder, None if resume else config, overrides, resume=resume)
+        train(stage, folder, None if resume else config, overrides, resume=resume, device=self.device)
 
     def make_corpus(self) -> None:
         if not self.synthetic:
