@@ -123,6 +123,21 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(shards, tm
     torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)  # intact
 
 
+def test_export_best_takes_the_weights_of_the_best_validation(shards, tmp_path):
+    from wavslm.train import checkpoint
+
+    # A rate high enough that validation gets worse after a while: best and last differ.
+    config = write_config(tmp_path / "c.yaml", lm_settings(shards, steps=12, valid_every=2, save_every=100, lr=0.3,
+                                                            schedule="constant", warmup_steps=0, export="best"))
+    train("lm", tmp_path / "run", config)
+    valid = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    valid = [r["loss"] for r in valid if r["split"] == "valid"]
+    assert min(valid) < valid[-1], valid
+    best = checkpoint.load(tmp_path / "run" / "checkpoints" / "best.pt")["nets"]["lm"]
+    exported = load_file(tmp_path / "run" / "export" / "lm" / "model.safetensors")
+    assert all(torch.equal(exported[k], best[k]) for k in exported)
+
+
 def test_config_errors(shards, tmp_path):
     from wavslm import InputError
 

@@ -51,6 +51,7 @@ class TrainConfig:
     log_every: int = 10
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 0
+    export: str = "last"  # last | best (the weights of the best validation loss, when there was validation)
 
 
 class Stage(Protocol):
@@ -96,6 +97,8 @@ class Trainer:
             )
         if cfg.precision not in ("fp32", "bf16"):
             raise InputError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+        if cfg.export not in ("last", "best"):
+            raise InputError(f"train.export must be last or best, got {cfg.export!r}")
         self.stage, self.cfg, self.run_dir, self.dist, self.name = stage, cfg, Path(run_dir), dist, name
         self.ckpt_dir = self.run_dir / "checkpoints"
         stage.raw = dict(stage.nets)
@@ -278,6 +281,12 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         if self.dist.main:
+            best = self.ckpt_dir / "best.pt"
+            if self.cfg.export == "best" and best.is_file():
+                nets = checkpoint.load(best)["nets"]
+                for k, m in self.stage.raw.items():
+                    m.load_state_dict(nets[k])
+                log.info("%s: exporting the best validation loss (%.4g)", self.name, self.best)
             self.stage.export(self.run_dir / "export")
             log.info("%s: %d steps in %.1f s", self.name, self.step, time.perf_counter() - start)
         barrier(self.dist)
