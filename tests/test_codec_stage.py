@@ -184,3 +184,21 @@ def test_two_process_ddp_decoder_matches_one_process(setup, tmp_path):
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     # Adam turns float noise in near-zero discriminator gradients into lr-sized steps; the generator is exact.
     assert max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("decoder.")) < 1e-4
+
+
+def test_a_pickled_teacher_loads_only_with_teacher_allow_pickle(tmp_path):
+    from conftest import REFERENCE
+
+    from wavslm.train.codec_steps import load_teacher
+
+    if REFERENCE is None:
+        pytest.skip("reference fixtures not found")
+    folder = tmp_path / "wavlm_bin"  # the layout of microsoft/wavlm-large on the Hub: pytorch_model.bin only
+    folder.mkdir()
+    (folder / "config.json").write_bytes((REFERENCE / "hf_wavlm_tiny" / "config.json").read_bytes())
+    torch.save(load_file(REFERENCE / "hf_wavlm_tiny" / "model.safetensors"), folder / "pytorch_model.bin")
+    with pytest.raises(InputError, match="allow_pickle"):
+        load_teacher(str(folder), 2)
+    pickled = load_teacher(str(folder), 2, allow_pickle=True).state_dict()
+    plain = load_teacher(str(REFERENCE / "hf_wavlm_tiny"), 2).state_dict()
+    assert pickled.keys() == plain.keys() and all(torch.equal(pickled[k], plain[k]) for k in plain)

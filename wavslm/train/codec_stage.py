@@ -100,6 +100,7 @@ class CodecStageConfig:
     step: str = "decoder"  # decoder | posemb | encoder | quantizer | joint
     teacher: str = "microsoft/wavlm-large"  # Hugging Face-layout WavLM (or a FocalCodec folder: its encoder)
     teacher_layers: int = 6
+    teacher_allow_pickle: bool = False  # read a .bin/.pt teacher (weights_only), e.g. microsoft/wavlm-large
     codec: dict = field(default_factory=_paper_codec)  # CodecConfig keys; {} with init_from: take its config
     init_from: str = ""  # a previous run's export folder (or any codec folder / hub id); "" for fresh
     decoder_from: str = ""  # optional: take the decoder from this export (a decoder run done in parallel)
@@ -138,8 +139,8 @@ class CodecStage:
             raise InputError("codec stage: data.train (a JSONL manifest of audio files) is required")
         self.cfg, self.step = cfg, cfg.step
         need_teacher = cfg.step != "quantizer" or not cfg.init_from
-        self.teacher = steps.load_teacher(cfg.teacher, cfg.teacher_layers).to(device) if need_teacher else None
-        self.codec = self._build_codec(steps.teacher_config(cfg.teacher)).to(device).eval().requires_grad_(False)
+        self.teacher = steps.load_teacher(cfg.teacher, cfg.teacher_layers, cfg.teacher_allow_pickle).to(device) if need_teacher else None
+        self.codec = self._build_codec(steps.teacher_config(cfg.teacher, cfg.teacher_allow_pickle)).to(device).eval().requires_grad_(False)
         self._check()
         self.disc = self._build_discriminator().to(device) if self.step == "decoder" else None
         self.nets = self._build_nets()
