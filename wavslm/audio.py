@@ -224,3 +224,37 @@ def resample(sig: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     out = soxr.resample(frames, orig_sr, new_sr, quality="HQ")
     res = torch.from_numpy(np.ascontiguousarray(out.T)).reshape(*lead, out.shape[0])
     return res.to(device=sig.device, dtype=sig.dtype)
+
+
+class WavStreamWriter:
+    """WAV files (16-bit, mono) written chunk by chunk under temporary names, renamed once complete.
+
+    `write(audio (B, N))` appends row b to file b and flushes, so a reader sees the audio as it comes;
+    `close()` renames them into place; `abort()` (e.g. in a `finally`) removes what was not closed.
+    """
+
+    def __init__(self, paths: list[Path], sample_rate: int):
+        self.paths = [Path(p) for p in paths]
+        self.tmps = [p.with_name(f".{p.name}.part") for p in self.paths]
+        for p in self.paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        self.files = [sf.SoundFile(t, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV")
+                      for t in self.tmps]
+
+    def write(self, audio: torch.Tensor) -> None:
+        for f, row in zip(self.files, audio, strict=True):
+            f.write(row.detach().float().clamp(-1, 1).cpu().numpy())
+            f.flush()
+
+    def close(self) -> None:
+        for f, tmp, path in zip(self.files, self.tmps, self.paths, strict=True):
+            f.close()
+            os.replace(tmp, path)
+        self.files = []
+
+    def abort(self) -> None:
+        for f in self.files:
+            f.close()
+        for tmp in self.tmps:
+            tmp.unlink(missing_ok=True)
+        self.files = []

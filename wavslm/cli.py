@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .audio import load_audio, save_audio
+from .audio import WavStreamWriter, load_audio, save_audio
 from .errors import InputError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -125,7 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     outputs = [args.output] if args.num == 1 else [
         args.output.with_name(f"{args.output.stem}_{i}{args.output.suffix}") for i in range(args.num)
     ]
-    writers = _StreamWriters(outputs, rate) if args.stream else None
+    writers = WavStreamWriter(outputs, rate) if args.stream else None
     chunks, start, first = [], time.perf_counter(), None
     try:
         bar = _progress(steps * lm.toks_per_step / lm.codec.frame_rate, "generate", "s")
@@ -151,36 +151,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
     for path in outputs:
         print(f"{path}: {seconds:.2f} s at {rate} Hz")
     print(f"generated in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f}); first audio after {first * 1000:.0f} ms")
-
-
-class _StreamWriters:
-    """WAV files written chunk by chunk under temporary names, renamed when complete."""
-
-    def __init__(self, paths: list[Path], rate: int):
-        import soundfile as sf
-
-        self.paths = paths
-        self.tmps = [p.with_name(f".{p.name}.part") for p in paths]
-        for p in paths:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        self.files = [sf.SoundFile(t, "w", samplerate=rate, channels=1, subtype="PCM_16", format="WAV") for t in self.tmps]
-
-    def write(self, audio: torch.Tensor) -> None:
-        for f, row in zip(self.files, audio, strict=True):
-            f.write(row.clamp(-1, 1).numpy())
-            f.flush()
-
-    def close(self) -> None:
-        for f, tmp, path in zip(self.files, self.tmps, self.paths, strict=True):
-            f.close()
-            os.replace(tmp, path)
-        self.files = []
-
-    def abort(self) -> None:
-        for f in self.files:
-            f.close()
-        for tmp in self.tmps:
-            tmp.unlink(missing_ok=True)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
