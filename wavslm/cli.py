@@ -153,6 +153,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"generated in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f}); first audio after {first * 1000:.0f} ms")
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    report = run_demo(args.output, args.model, args.seconds, args.seed, device=args.device)
+    for name, r in report["prompts"].items():
+        print(f"{name}: {r['prompt_seconds']:.1f} s prompt -> {r['continuation_seconds']:.1f} s continuation, "
+              f"real-time factor {r['real_time_factor']:.2f}, first audio after {r['first_audio_ms']:.0f} ms, "
+              f"DNSMOS {r['dnsmos']['ovrl']:.2f}, speaker similarity {r['speaker_similarity_prompt_continuation']:.2f}")
+    print(f"wrote {args.output.resolve()}/: listen to */prompt_continuation.wav, look at */*.png, read report.md")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .train.run import train
 
@@ -217,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         p.add_argument("--device", default=device, help=f"torch device (default: {device})")
         return p
+
+    p = verb("demo", cmd_demo, "Continue the bundled prompts with the bundled model; write audio, images, a report.")
+    p.add_argument("-o", "--output", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    p.add_argument("--model", help="WavSLM folder, .json or Hub id (default: the bundled model)")
+    p.add_argument("--seconds", type=float, default=5.0, help="continuation length (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
     p = verb("encode", cmd_encode, "Encode speech into tokens (.npy, int64, (channels, T)).")
     p.add_argument("input", help="audio file (WAV/FLAC/OGG, any rate)")

@@ -1,0 +1,283 @@
+"""Benchmark layouts for zero-shot pair scoring, each read into a list of `Pair` records.
+
+A pair is a positive and a negative clip (the model should give the positive the lower NLL), the item
+it belongs to (pairs of one item, e.g. one word spoken by several voices, are averaged together first)
+and metadata for per-subset results. Layouts read (`--data` may name the folders shown or one level in):
+
+- ZeroSpeech 2021 sLM21: `{lexical,syntactic}/{dev,test}/gold.csv` + `*.wav`. sWUGGY columns `id,
+  filename, correct, frequency, voice`; sBLIMP `id, filename, correct, voice, type, subtype`. One
+  `correct=1` and one `correct=0` row per (id, voice); `filename` is the wav's stem. A pair is in-vocab
+  when its word occurs in LibriSpeech: the word row's frequency is a positive count and no row of the
+  pair says "oov" (the official scorer bins count 0 as "oov").
+- SALMon: `<part>/sample_<i>_<j>.wav`, j = 0 positive, 1 negative; `--data` is the root of the part
+  folders or one part folder.
+- Spoken StoryCloze (sSC/tSC): `<id>_correct.wav` + `<id>_incorrect.wav` (also `_positive`/`_negative`,
+  and .flac/.ogg) anywhere under `--data`, the subset being the folder relative to it; or Hugging Face
+  parquet files (one file, or every `*.parquet` under the folder) with audio columns `positive` and
+  `negative` (or `correct` and `incorrect`), each a struct of encoded `bytes` and `path` as `datasets`
+  writes them.
+
+Anything malformed raises `InputError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ..audio import check_signal, load_audio, resample
+from ..errors import InputError
+
+TASKS = ("swuggy", "sblimp", "salmon", "storycloze")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One audio to score: a file, or the encoded audio in a parquet file's `row` and `column`."""
+
+    path: Path
+    row: int | None = None
+    column: str | None = None
+
+    @property
+    def name(self) -> str:
+        """How messages and results name the clip."""
+        return str(self.path) if self.row is None else f"{self.path} row {self.row} column '{self.column}'"
+
+
+@dataclass
+class Pair:
+    positive: Clip
+    negative: Clip
+    item: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_pairs(task: str, data: str | Path, split: str = "dev") -> list[Pair]:
+    """The pairs of `task` (one of `TASKS`) found at `data`; `split` (dev | test) is for sLM21 only."""
+    data = Path(data)
+    if not data.exists():
+        raise InputError(f"dataset path '{data}' does not exist")
+    if task == "swuggy":
+        return load_zerospeech(data, "lexical", split)
+    if task == "sblimp":
+        return load_zerospeech(data, "syntactic", split)
+    if task == "salmon":
+        return load_salmon(data)
+    if task == "storycloze":
+        return load_storycloze(data)
+    raise InputError(f"unknown zero-shot task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+# ---- ZeroSpeech 2021 (sWUGGY, sBLIMP) -------------------------------------------------------------
+
+_GOLD_COLUMNS = {
+    "lexical": ("id", "filename", "correct", "frequency", "voice"),
+    "syntactic": ("id", "filename", "correct", "voice", "type", "subtype"),
+}
+
+
+def load_zerospeech(data: Path, kind: str, split: str = "dev") -> list[Pair]:
+    """sWUGGY (`kind="lexical"`) or sBLIMP (`"syntactic"`) pairs from a `gold.csv` and its wavs."""
+    if split not in ("dev", "test"):
+        raise InputError(f"split must be 'dev' or 'test', got {split!r}")
+    candidates = [data / kind / split / "gold.csv", data / split / "gold.csv", data / "gold.csv"]
+    gold = next((c for c in candidates if c.is_file()), None)
+    if gold is None:
+        raise InputError(
+            f"no gold.csv for {kind}/{split} under '{data}': expected '{candidates[0]}' (the sLM21 root), "
+            f"'{candidates[1]}' or '{candidates[2]}'"
+        )
+    with open(gold, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in _GOLD_COLUMNS[kind] if c not in header]
+        if missing:
+            raise InputError(f"'{gold}' has no '{missing[0]}' column (columns found: {', '.join(header) or 'none'})")
+        rows = list(enumerate(reader, start=2))  # line 1 is the header
+
+    groups: dict[tuple[str, str], dict[bool, list[tuple[int, dict]]]] = defaultdict(lambda: {True: [], False: []})
+    for line, row in rows:
+        groups[row["id"], row["voice"]][_correct(row["correct"], gold, line)].append((line, row))
+    pairs = []
+    for (item, voice), sides in groups.items():
+        if len(sides[True]) != 1 or len(sides[False]) != 1:
+            raise InputError(
+                f"'{gold}': id {item!r} voice {voice!r} has {len(sides[True])} correct and "
+                f"{len(sides[False])} incorrect rows; each id and voice needs exactly one of each"
+            )
+        (pos_line, pos), (neg_line, neg) = sides[True][0], sides[False][0]
+        meta: dict[str, Any] = {"voice": voice}
+        if kind == "lexical":
+            meta["in_vocab"] = _in_vocab(pos["frequency"], neg["frequency"])
+        else:
+            meta.update(type=pos["type"], subtype=pos["subtype"])
+        clips = [_gold_wav(gold, line, row["filename"]) for line, row in ((pos_line, pos), (neg_line, neg))]
+        pairs.append(Pair(clips[0], clips[1], item, meta))
+    return pairs
+
+
+def _correct(value: str, gold: Path, line: int) -> bool:
+    flag = (value or "").strip().lower()
+    if flag in ("1", "true"):
+        return True
+    if flag in ("0", "false"):
+        return False
+    raise InputError(f"'{gold}' line {line}: 'correct' must be 1 or 0, got {value!r}")
+
+
+def _in_vocab(word_frequency: str, nonword_frequency: str) -> bool:
+    """A word seen in LibriSpeech: a positive count, with no row of its pair marked "oov"."""
+    if "oov" in (word_frequency.strip().lower(), nonword_frequency.strip().lower()):
+        return False
+    try:
+        return float(word_frequency) > 0
+    except ValueError:  # empty: no count given, so not known to be in the vocabulary
+        return False
+
+
+def _gold_wav(gold: Path, line: int, filename: str) -> Clip:
+    wav = gold.parent / (filename if filename.endswith(".wav") else f"{filename}.wav")
+    if not wav.is_file():
+        raise InputError(f"'{gold}' line {line} names '{filename}', but '{wav}' does not exist")
+    return Clip(wav)
+
+
+# ---- SALMon ---------------------------------------------------------------------------------------
+
+_SALMON = re.compile(r"sample_(\d+)_(\d+)")
+
+
+def load_salmon(data: Path) -> list[Pair]:
+    """SALMon pairs from `<part>/sample_<i>_<j>.wav` (j = 0 positive, 1 negative), part by part."""
+    own = sorted(data.glob("sample_*.wav"))
+    parts = [data] if own else sorted(p for p in data.iterdir() if p.is_dir() and any(p.glob("sample_*.wav")))
+    if not parts:
+        raise InputError(f"no SALMon samples under '{data}': expected <part>/sample_<i>_<j>.wav files")
+    pairs = []
+    for part in parts:
+        samples: dict[int, dict[int, Path]] = defaultdict(dict)
+        for wav in sorted(part.glob("sample_*.wav")):
+            match = _SALMON.fullmatch(wav.stem)
+            if match is None or match[2] not in ("0", "1"):
+                raise InputError(f"'{wav}' is not named sample_<i>_0.wav (positive) or sample_<i>_1.wav (negative)")
+            samples[int(match[1])][int(match[2])] = wav
+        for i, sides in sorted(samples.items()):
+            if len(sides) != 2:
+                (j, wav), = sides.items()
+                raise InputError(f"'{wav}' has no partner: sample_{i}_{1 - j}.wav is missing from '{part}'")
+            pairs.append(Pair(Clip(sides[0]), Clip(sides[1]), f"{part.name}/{i}", {"part": part.name}))
+    return pairs
+
+
+# ---- Spoken StoryCloze ----------------------------------------------------------------------------
+
+_STORY = re.compile(r"(.+)_(correct|incorrect|positive|negative)", re.IGNORECASE)
+_COLUMNS = (("positive", "negative"), ("correct", "incorrect"))
+
+
+def load_storycloze(data: Path) -> list[Pair]:
+    """sSC/tSC pairs from a folder of `<id>_correct.wav`/`<id>_incorrect.wav` files or from parquet files."""
+    files = [data] if data.is_file() else sorted(data.rglob("*.parquet"))
+    if files:
+        return [pair for file in files for pair in _parquet_pairs(file, data)]
+    root = data
+    stories: dict[tuple[str, str], dict[bool, Path]] = defaultdict(dict)
+    for path in sorted(root.rglob("*")):
+        match = _STORY.fullmatch(path.stem)
+        if path.suffix.lower() not in AUDIO_EXTENSIONS or match is None:
+            continue
+        key, positive = (_subset(path.parent, root), match[1]), match[2].lower() in ("correct", "positive")
+        if positive in stories[key]:
+            raise InputError(f"'{path}' and '{stories[key][positive]}' are both the {match[2].lower()} ending of story {match[1]!r}")
+        stories[key][positive] = path
+    if not stories:
+        raise InputError(f"no StoryCloze pairs under '{data}': expected <id>_correct.wav + <id>_incorrect.wav or .parquet files")
+    pairs = []
+    for (subset, story), sides in sorted(stories.items()):
+        if len(sides) != 2:
+            (positive, path), = sides.items()
+            wanted = "incorrect" if positive else "correct"
+            raise InputError(f"'{path}' has no partner: no {story}_{wanted} audio file beside it")
+        pairs.append(Pair(Clip(sides[True]), Clip(sides[False]), f"{subset}/{story}", {"subset": subset}))
+    return pairs
+
+
+def _subset(folder: Path, root: Path) -> str:
+    return folder.relative_to(root).as_posix() if folder != root else root.name
+
+
+def _parquet_pairs(file: Path, root: Path) -> list[Pair]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(file)
+    except Exception as error:  # pyarrow raises several types for a damaged or foreign file
+        raise InputError(f"cannot read '{file}' as a parquet file ({error})") from error
+    names = parquet.schema_arrow.names
+    columns = next((c for c in _COLUMNS if all(n in names for n in c)), None)
+    if columns is None:
+        raise InputError(f"'{file}' has no 'positive' and 'negative' audio columns (columns found: {', '.join(names)})")
+    ids = parquet.read(columns=["id"]).column("id").to_pylist() if "id" in names else range(parquet.metadata.num_rows)
+    subset = _subset(file.parent, root) if root.is_dir() else file.parent.name
+    return [
+        Pair(Clip(file, row, columns[0]), Clip(file, row, columns[1]), f"{file.stem}/{story}", {"subset": subset})
+        for row, story in enumerate(ids)
+    ]
+
+
+# ---- reading clips --------------------------------------------------------------------------------
+
+
+class ClipReader:
+    """Reads clips as mono `sig (1, N)` at `sample_rate`; keeps the last few parquet row groups it read."""
+
+    def __init__(self, sample_rate: int):
+        self.sample_rate = sample_rate
+        self._group = functools.lru_cache(maxsize=4)(self._read_group)
+        self._offsets: dict[Path, np.ndarray] = {}
+
+    def __call__(self, clip: Clip) -> torch.Tensor:
+        if clip.row is None:
+            return load_audio(clip.path, sample_rate=self.sample_rate, mono=True)[0]
+        cell = self._cell(clip)
+        data = cell.get("bytes") if isinstance(cell, dict) else cell
+        if not data and isinstance(cell, dict) and cell.get("path"):
+            # `datasets` leaves bytes empty when the audio stayed in a file beside the parquet.
+            return load_audio(clip.path.parent / cell["path"], sample_rate=self.sample_rate, mono=True)[0]
+        if not data:
+            raise InputError(f"'{clip.name}' holds no audio")
+        try:
+            array, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise InputError(f"cannot decode the audio in '{clip.name}': not WAV/FLAC/OGG bytes ({error})") from error
+        check_signal(array.T, f"the audio in '{clip.name}'")
+        sig = torch.from_numpy(np.ascontiguousarray(array.mean(axis=1, dtype=np.float32)))[None]
+        return resample(sig, sr, self.sample_rate)
+
+    def _cell(self, clip: Clip) -> Any:
+        import pyarrow.parquet as pq
+
+        if clip.path not in self._offsets:
+            meta = pq.ParquetFile(clip.path).metadata
+            self._offsets[clip.path] = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        offsets = self._offsets[clip.path]
+        group = int(np.searchsorted(offsets, clip.row, side="right")) - 1
+        return self._group(clip.path, group, clip.column)[clip.row - offsets[group]]
+
+    @staticmethod
+    def _read_group(path: Path, group: int, column: str) -> list:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).read_row_group(group, columns=[column]).column(column).to_pylist()
