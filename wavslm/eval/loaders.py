@@ -7,8 +7,8 @@ and metadata for per-subset results. Layouts read (`--data` may name the folders
 - ZeroSpeech 2021 sLM21: `{lexical,syntactic}/{dev,test}/gold.csv` + `*.wav`. sWUGGY columns `id,
   filename, correct, frequency, voice`; sBLIMP `id, filename, correct, voice, type, subtype`. One
   `correct=1` and one `correct=0` row per (id, voice); `filename` is the wav's stem. A pair is in-vocab
-  when its word occurs in LibriSpeech: the word row's frequency is a positive count and no row of the
-  pair says "oov" (the official scorer bins count 0 as "oov").
+  when its word occurs in LibriSpeech: the word row's frequency is a positive count; "oov", 0 or empty
+  are out of vocabulary (the official scorer bins count 0 as "oov"; non-word rows are not read).
 - SALMon: `<part>/sample_<i>_<j>.wav`, j = 0 positive, 1 negative; `--data` is the root of the part
   folders or one part folder.
 - Spoken StoryCloze (sSC/tSC): `<id>_correct.wav` + `<id>_incorrect.wav` (also `_positive`/`_negative`,
@@ -120,7 +120,7 @@ def load_zerospeech(data: Path, kind: str, split: str = "dev") -> list[Pair]:
         (pos_line, pos), (neg_line, neg) = sides[True][0], sides[False][0]
         meta: dict[str, Any] = {"voice": voice}
         if kind == "lexical":
-            meta["in_vocab"] = _in_vocab(pos["frequency"], neg["frequency"])
+            meta["in_vocab"] = _in_vocab(pos["frequency"])
         else:
             meta.update(type=pos["type"], subtype=pos["subtype"])
         clips = [_gold_wav(gold, line, row["filename"]) for line, row in ((pos_line, pos), (neg_line, neg))]
@@ -137,13 +137,11 @@ def _correct(value: str, gold: Path, line: int) -> bool:
     raise InputError(f"'{gold}' line {line}: 'correct' must be 1 or 0, got {value!r}")
 
 
-def _in_vocab(word_frequency: str, nonword_frequency: str) -> bool:
-    """A word seen in LibriSpeech: a positive count, with no row of its pair marked "oov"."""
-    if "oov" in (word_frequency.strip().lower(), nonword_frequency.strip().lower()):
-        return False
+def _in_vocab(frequency: str) -> bool:
+    """A word seen in LibriSpeech: its row's frequency is a positive count ("oov", 0 or empty are not)."""
     try:
-        return float(word_frequency) > 0
-    except ValueError:  # empty: no count given, so not known to be in the vocabulary
+        return float(frequency) > 0
+    except ValueError:
         return False
 
 
@@ -175,7 +173,7 @@ def load_salmon(data: Path) -> list[Pair]:
             samples[int(match[1])][int(match[2])] = wav
         for i, sides in sorted(samples.items()):
             if len(sides) != 2:
-                (j, wav), = sides.items()
+                j, wav = next(iter(sides.items()))
                 raise InputError(f"'{wav}' has no partner: sample_{i}_{1 - j}.wav is missing from '{part}'")
             pairs.append(Pair(Clip(sides[0]), Clip(sides[1]), f"{part.name}/{i}", {"part": part.name}))
     return pairs
@@ -192,13 +190,12 @@ def load_storycloze(data: Path) -> list[Pair]:
     files = [data] if data.is_file() else sorted(data.rglob("*.parquet"))
     if files:
         return [pair for file in files for pair in _parquet_pairs(file, data)]
-    root = data
     stories: dict[tuple[str, str], dict[bool, Path]] = defaultdict(dict)
-    for path in sorted(root.rglob("*")):
+    for path in sorted(data.rglob("*")):
         match = _STORY.fullmatch(path.stem)
         if path.suffix.lower() not in AUDIO_EXTENSIONS or match is None:
             continue
-        key, positive = (_subset(path.parent, root), match[1]), match[2].lower() in ("correct", "positive")
+        key, positive = (_subset(path.parent, data), match[1]), match[2].lower() in ("correct", "positive")
         if positive in stories[key]:
             raise InputError(f"'{path}' and '{stories[key][positive]}' are both the {match[2].lower()} ending of story {match[1]!r}")
         stories[key][positive] = path
@@ -207,7 +204,7 @@ def load_storycloze(data: Path) -> list[Pair]:
     pairs = []
     for (subset, story), sides in sorted(stories.items()):
         if len(sides) != 2:
-            (positive, path), = sides.items()
+            positive, path = next(iter(sides.items()))
             wanted = "incorrect" if positive else "correct"
             raise InputError(f"'{path}' has no partner: no {story}_{wanted} audio file beside it")
         pairs.append(Pair(Clip(sides[True]), Clip(sides[False]), f"{subset}/{story}", {"subset": subset}))

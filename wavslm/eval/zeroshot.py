@@ -86,7 +86,7 @@ def batch_nll(lm: WavSLM, rows: Sequence[Tensor], reduction: str = "mean") -> Te
     x = torch.cat([F.pad(q, (0, 0, L - q.shape[1], 0)) for q in qfeats])  # (B, L, D), left-padded
     toks = torch.stack([F.pad(r.to(device), (L - len(r), 0)) for r in rows])  # (B, L)
     feats, _ = lm.encoder(x, use_cache=False, valid_from=pad)
-    logits = lm.head(feats)  # (B, L, V)
+    logits = lm.logits(feats)  # (B, L, V)
     nll = F.cross_entropy(logits[:, :-C].flatten(0, 1).float(), toks[:, C:].flatten(), reduction="none")
     nll = nll.view(len(rows), L - C)
     real = torch.arange(L - C, device=device)[None] >= pad[:, None]  # the logit and its target are both real

@@ -1,0 +1,353 @@
+"""Zero-shot pair scoring: the pure accuracy functions, every loader's layout and its malformed cases,
+batched == one-at-a-time scores, and the CLI end to end on the reference LM with real speech."""
+
+import argparse
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+
+from wavslm.errors import InputError
+from wavslm.eval.loaders import Clip, ClipReader, Pair, load_pairs
+from wavslm.eval.zeroshot import (
+    batches,
+    configure,
+    encode_clips,
+    evaluate,
+    item_accuracy,
+    pair_accuracy,
+    score_rows,
+    summarize,
+)
+
+# ---- pure functions -------------------------------------------------------------------------------
+
+
+def test_pair_accuracy_counts_ties_half():
+    assert pair_accuracy(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([2.0, 2.0, 1.0, 5.0])) == 0.625
+
+
+def test_item_accuracy_averages_voices_then_items():
+    # item a: two voices (1, 0) -> 0.5; b: one voice -> 1; c: three voices (0.5, 1, 0) -> 0.5.
+    outcomes, items = [1, 0, 1, 0.5, 1, 0], ["a", "a", "b", "c", "c", "c"]
+    assert item_accuracy(outcomes, items) == pytest.approx(2 / 3)
+
+
+def _pair(item, **meta):
+    return Pair(Clip(f"{item}+.wav"), Clip(f"{item}-.wav"), item, meta)
+
+
+def test_summarize_swuggy_in_vocab_and_sblimp_types():
+    pairs = [_pair("w1", in_vocab=True), _pair("w1", in_vocab=True), _pair("w2", in_vocab=False), _pair("w3", in_vocab=True)]
+    result = summarize("swuggy", pairs, [1, 0.5, 0, 1])
+    assert result["accuracy"] == pytest.approx((0.75 + 0 + 1) / 3)
+    assert result["subsets"]["in-vocab"] == {"accuracy": pytest.approx((0.75 + 1) / 2), "num_pairs": 3}
+    pairs = [_pair("s1", type="morph"), _pair("s1", type="morph"), _pair("s2", type="syntax"), _pair("s3", type="syntax")]
+    result = summarize("sblimp", pairs, [1, 0, 1, 0])
+    assert result["accuracy"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert result["subsets"]["morph"]["accuracy"] == 0.5 and result["subsets"]["syntax"]["accuracy"] == 0.5
+
+
+def test_summarize_salmon_is_the_mean_over_parts():
+    pairs = [_pair("x/0", part="x"), _pair("y/0", part="y"), _pair("y/1", part="y"), _pair("y/2", part="y")]
+    result = summarize("salmon", pairs, [1, 0, 0, 1])
+    assert result["subsets"]["y"] == {"accuracy": pytest.approx(1 / 3), "num_pairs": 3}
+    assert result["accuracy"] == pytest.approx((1 + 1 / 3) / 2)  # not the pair mean (0.5)
+
+
+def test_batches_group_lengths_equal_mod_4_sorted():
+    lengths = [9, 12, 5, 8, 13, 16, 7, 20]
+    plan = batches(lengths, batch_size=2)
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+    for b in plan:
+        assert len(b) <= 2 and len({lengths[i] % 4 for i in b}) == 1
+        assert [lengths[i] for i in b] == sorted(lengths[i] for i in b)
+    with pytest.raises(InputError, match="at least 1"):
+        batches(lengths, 0)
+
+
+# ---- a pool of real speech clips with their one-at-a-time scores ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from conftest import REFERENCE
+
+    if REFERENCE is None:
+        pytest.skip("reference fixtures not found; set WAVSLM_REFERENCE")
+    from wavslm import WavSLM
+
+    torch.set_num_threads(2)
+    return WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")
+
+
+@pytest.fixture(scope="module")
+def pool(lm, tmp_path_factory):
+    """Six clips of 10, 15, ..., 35 tokens (every residue mod 4) and their one-at-a-time `lm.score` NLLs."""
+    from conftest import SPEECH
+
+    if SPEECH is None:
+        pytest.skip("speech clips not found; set WAVSLM_SPEECH")
+    from wavslm import load_audio
+
+    folder = tmp_path_factory.mktemp("pool")
+    sources = sorted((SPEECH / "librispeech-dev-clean" / "84").glob("*.wav"))
+    clips, nll = {}, {"mean": {}, "sum": {}}
+    for i in range(6):
+        sig, sr = load_audio(sources[i], sample_rate=16000, mono=True)
+        path = folder / f"c{i}.wav"
+        sf.write(path, sig[0, 4000 : 4000 + 320 * (10 + 5 * i) - 100].numpy(), sr, subtype="FLOAT")
+        clips[f"c{i}"] = path
+        toks = lm.codec.encode(load_audio(path, sample_rate=16000, mono=True)[0])
+        for reduction in nll:
+            nll[reduction][f"c{i}"] = float(lm.score(toks, reduction))
+    return clips, nll
+
+
+def _outcome(nll, pos, neg):
+    return 1.0 if nll[pos] < nll[neg] else 0.5 if nll[pos] == nll[neg] else 0.0
+
+
+def _cli(*argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    configure(parser)
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def test_batched_scores_equal_one_at_a_time(lm, pool):
+    clips, nll = pool
+    rows = encode_clips(lm, [Clip(p) for p in clips.values()] * 2)
+    assert len({len(r) % 4 for r in rows}) == 4  # every residue, so several padded batches
+    for reduction in ("mean", "sum"):
+        expected = torch.tensor([nll[reduction][name] for name in clips] * 2)
+        for batch_size in (1, 3, 16):
+            got = score_rows(lm, rows, reduction, batch_size)
+            assert torch.allclose(got, expected, rtol=1e-6, atol=1e-5), (reduction, batch_size)
+
+
+# ---- sLM21: sWUGGY and sBLIMP ----------------------------------------------------------------------
+
+# (id, voice, positive clip, negative clip, word frequency, type): w1 has two voices, w2 one, w3 three.
+_SWUGGY = [
+    ("w1", "A", "c0", "c1", "12", "t1"), ("w1", "B", "c2", "c3", "12", "t1"),
+    ("w2", "A", "c4", "c5", "0", "t2"),
+    ("w3", "A", "c1", "c0", "oov", "t2"), ("w3", "B", "c5", "c2", "oov", "t2"), ("w3", "C", "c3", "c3", "oov", "t2"),
+]
+
+
+def _write_slm21(root, kind, clips, rows=_SWUGGY):
+    split = root / kind / "dev"
+    split.mkdir(parents=True)
+    with open(split / "gold.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["id", "filename", "word", "correct", "frequency", "voice", "type", "subtype"])
+        for n, (item, voice, pos, neg, freq, kind_) in enumerate(rows):
+            for correct, clip in ((1, pos), (0, neg)):
+                name = f"f{n}{'p' if correct else 'n'}"
+                shutil.copy(clips[clip], split / f"{name}.wav")
+                out.writerow([item, name, "x", correct, freq if correct else "oov", voice, kind_, kind_ + "a"])
+    return split / "gold.csv"
+
+
+def test_swuggy_end_to_end(lm, pool, tmp_path, capsys):
+    clips, nll = pool
+    _write_slm21(tmp_path, "lexical", clips)
+    mean = nll["mean"]
+    w1 = (_outcome(mean, "c0", "c1") + _outcome(mean, "c2", "c3")) / 2
+    w2 = _outcome(mean, "c4", "c5")
+    w3 = (_outcome(mean, "c1", "c0") + _outcome(mean, "c5", "c2") + 0.5) / 3  # c3 vs itself: a tie
+    out = tmp_path / "res" / "swuggy.json"
+    _cli("--task", "swuggy", "--data", tmp_path, "--model", lm_path(), "-o", out, "--per-pair", "--batch-size", 3)
+    results = json.loads(out.read_text())
+    assert results["task"] == "swuggy" and results["split"] == "dev" and results["num_pairs"] == 6
+    assert results["accuracy"] == pytest.approx((w1 + w2 + w3) / 3)
+    assert results["subsets"]["in-vocab"]["accuracy"] == pytest.approx(w1)  # w2 has count 0, w3 is "oov"
+    for pair, row in zip(results["pairs"], _SWUGGY, strict=True):
+        assert (pair["item"], pair["voice"]) == row[:2]
+        assert pair["positive_nll"] == pytest.approx(mean[row[2]], abs=1e-5)
+        assert pair["negative_nll"] == pytest.approx(mean[row[3]], abs=1e-5)
+    assert [p.name for p in out.parent.iterdir()] == ["swuggy.json"]  # no temporary file left behind
+    assert "swuggy dev: 6 pairs" in capsys.readouterr().out
+
+
+def lm_path():
+    from conftest import REFERENCE
+
+    return REFERENCE / "wavslm_tiny"
+
+
+def test_sblimp_end_to_end_by_type(lm, pool, tmp_path):
+    clips, nll = pool
+    _write_slm21(tmp_path, "syntactic", clips)
+    s = nll["sum"]
+    w1 = (_outcome(s, "c0", "c1") + _outcome(s, "c2", "c3")) / 2  # t1
+    w2 = _outcome(s, "c4", "c5")  # t2
+    w3 = (_outcome(s, "c1", "c0") + _outcome(s, "c5", "c2") + 0.5) / 3  # t2
+    results = _cli("--task", "sblimp", "--data", tmp_path / "syntactic", "--model", lm_path(), "--reduction", "sum")
+    assert results["accuracy"] == pytest.approx((w1 + w2 + w3) / 3)
+    assert results["subsets"]["t1"]["accuracy"] == pytest.approx(w1)
+    assert results["subsets"]["t2"]["accuracy"] == pytest.approx((w2 + w3) / 2)
+
+
+def test_slm21_loader_paths_and_vocab(pool, tmp_path):
+    clips, _ = pool
+    gold = _write_slm21(tmp_path, "lexical", clips)
+    for data in (tmp_path, tmp_path / "lexical", gold.parent):
+        pairs = load_pairs("swuggy", data)
+        assert len(pairs) == 6 and [p.meta["in_vocab"] for p in pairs] == [True, True, False, False, False, False]
+    with pytest.raises(InputError, match="no gold.csv for lexical/test"):
+        load_pairs("swuggy", tmp_path, "test")
+
+
+def test_slm21_malformed(pool, tmp_path):
+    clips, _ = pool
+    gold = _write_slm21(tmp_path, "lexical", clips)
+    text = gold.read_text()
+    gold.write_text(text.replace("frequency", "freq", 1))
+    with pytest.raises(InputError, match=f"'{gold}' has no 'frequency' column"):
+        load_pairs("swuggy", tmp_path)
+    gold.write_text(text)
+    (gold.parent / "f2p.wav").unlink()
+    with pytest.raises(InputError, match=f"'{gold}' line 6 names 'f2p', but .*f2p.wav' does not exist"):
+        load_pairs("swuggy", tmp_path)
+    gold.write_text(text.replace("w1,f1n,x,0", "w1,f1n,x,1"))
+    with pytest.raises(InputError, match=f"'{gold}': id 'w1' voice 'B' has 2 correct and 0 incorrect rows"):
+        load_pairs("swuggy", tmp_path)
+    gold.write_text(text.replace("w1,f1n,x,0", "w1,f1n,x,maybe"))
+    with pytest.raises(InputError, match=f"'{gold}' line 5: 'correct' must be 1 or 0"):
+        load_pairs("swuggy", tmp_path)
+
+
+# ---- SALMon ---------------------------------------------------------------------------------------
+
+
+def _write_salmon(root, parts):
+    for part, samples in parts.items():
+        (root / part).mkdir(parents=True)
+        for i, (pos, neg) in enumerate(samples):
+            shutil.copy(pos, root / part / f"sample_{i}_0.wav")
+            shutil.copy(neg, root / part / f"sample_{i}_1.wav")
+
+
+def test_salmon_end_to_end_mean_over_parts(lm, pool, tmp_path):
+    clips, nll = pool
+    parts = {"speaker_consistency": [("c0", "c1")], "rir_consistency": [("c2", "c3"), ("c5", "c4"), ("c1", "c2")]}
+    _write_salmon(tmp_path, {k: [(clips[a], clips[b]) for a, b in v] for k, v in parts.items()})
+    m = nll["mean"]
+    per_part = {k: sum(_outcome(m, a, b) for a, b in v) / len(v) for k, v in parts.items()}
+    results = _cli("--task", "salmon", "--data", tmp_path, "--model", lm_path(), "--batch-size", 2)
+    assert results["split"] is None and results["num_pairs"] == 4
+    assert {k: s["accuracy"] for k, s in results["subsets"].items()} == pytest.approx(per_part)
+    assert results["accuracy"] == pytest.approx(sum(per_part.values()) / 2)
+    assert len(load_pairs("salmon", tmp_path / "rir_consistency")) == 3  # one part folder
+
+
+def test_salmon_malformed(pool, tmp_path):
+    clips, _ = pool
+    _write_salmon(tmp_path, {"part": [(clips["c0"], clips["c1"])]})
+    shutil.copy(clips["c2"], tmp_path / "part" / "sample_7_1.wav")
+    with pytest.raises(InputError, match=r"sample_7_1.wav' has no partner: sample_7_0.wav is missing"):
+        load_pairs("salmon", tmp_path)
+    (tmp_path / "part" / "sample_7_1.wav").rename(tmp_path / "part" / "sample_7_2.wav")
+    with pytest.raises(InputError, match="sample_7_2.wav' is not named sample_<i>_0.wav"):
+        load_pairs("salmon", tmp_path)
+
+
+# ---- Spoken StoryCloze ----------------------------------------------------------------------------
+
+
+def test_storycloze_folder_end_to_end(lm, pool, tmp_path):
+    clips, nll = pool
+    stories = {"sSC": [("c0", "c3"), ("c4", "c1")], "tSC": [("c5", "c2")]}
+    for subset, pairs in stories.items():
+        (tmp_path / subset).mkdir()
+        for i, (pos, neg) in enumerate(pairs):
+            shutil.copy(clips[pos], tmp_path / subset / f"story{i}_correct.wav")
+            shutil.copy(clips[neg], tmp_path / subset / f"story{i}_incorrect.wav")
+    (tmp_path / "sSC" / "README.txt").write_text("not audio")  # other files are ignored
+    m = nll["mean"]
+    outcomes = {k: [_outcome(m, a, b) for a, b in v] for k, v in stories.items()}
+    results = _cli("--task", "storycloze", "--data", tmp_path, "--model", lm_path())
+    assert results["accuracy"] == pytest.approx(sum(sum(v) for v in outcomes.values()) / 3)
+    assert results["subsets"]["sSC"] == {"accuracy": pytest.approx(sum(outcomes["sSC"]) / 2), "num_pairs": 2}
+
+    (tmp_path / "tSC" / "story0_correct.wav").unlink()
+    with pytest.raises(InputError, match=r"story0_incorrect.wav' has no partner: no story0_correct audio"):
+        load_pairs("storycloze", tmp_path)
+
+
+def _audio_cell(path, fmt="WAV"):
+    data, sr = sf.read(path, dtype="float32")
+    buf = io.BytesIO()
+    sf.write(buf, data, sr, format=fmt, subtype="PCM_16")
+    return {"bytes": buf.getvalue(), "path": path.name}
+
+
+def test_storycloze_parquet_end_to_end(lm, pool, tmp_path):
+    from wavslm import load_audio
+
+    clips, _ = pool
+    stories = [("c1", "c4"), ("c3", "c0"), ("c2", "c5")]
+    table = pa.table({
+        "id": ["a", "b", "c"],
+        "positive": [_audio_cell(clips[p], "FLAC") for p, _ in stories],
+        "negative": [_audio_cell(clips[n]) for _, n in stories],
+    })
+    file = tmp_path / "data" / "test-00000-of-00001.parquet"
+    file.parent.mkdir()
+    pq.write_table(table, file, row_group_size=2)  # rows spread over two row groups
+    # Expected: the same 16-bit audio, scored one clip at a time.
+    nll = {}
+    for name in {c for s in stories for c in s}:
+        wav = tmp_path / f"{name}.wav"
+        sf.write(wav, sf.read(clips[name], dtype="float32")[0], 16000, subtype="PCM_16")
+        nll[name] = float(lm.score(lm.codec.encode(load_audio(wav, sample_rate=16000, mono=True)[0])))
+    expected = sum(_outcome(nll, p, n) for p, n in stories) / 3
+    for data in (tmp_path, file):
+        results = _cli("--task", "storycloze", "--data", data, "--model", lm_path(), "--per-pair")
+        assert results["accuracy"] == pytest.approx(expected)
+        assert results["pairs"][1]["positive"] == f"{file} row 1 column 'positive'"
+        assert results["pairs"][1]["positive_nll"] == pytest.approx(nll["c3"], abs=1e-5)
+
+
+def test_storycloze_parquet_malformed(lm, pool, tmp_path):
+    clips, _ = pool
+    file = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"audio": [_audio_cell(clips["c0"])]}), file)
+    with pytest.raises(InputError, match=f"'{file}' has no 'positive' and 'negative' audio columns"):
+        load_pairs("storycloze", file)
+    cell = {"bytes": b"not audio at all", "path": "x.wav"}
+    pq.write_table(pa.table({"positive": [cell], "negative": [_audio_cell(clips["c0"])]}), file)
+    with pytest.raises(InputError, match=f"cannot decode the audio in '{file} row 0 column 'positive''"):
+        evaluate(lm, load_pairs("storycloze", file), "storycloze")
+
+
+def test_unreadable_and_too_short_audio_name_the_file(lm, pool, tmp_path):
+    clips, _ = pool
+    shutil.copy(clips["c0"], tmp_path / "a_correct.wav")
+    bad = tmp_path / "a_incorrect.wav"
+    bad.write_bytes(b"RIFF not really a wav file")
+    with pytest.raises(InputError, match=f"cannot read audio from '{bad}'"):
+        evaluate(lm, load_pairs("storycloze", tmp_path), "storycloze")
+    for samples, reason in ((1280, "too short to score: 4 tokens"), (1000, "shorter than one chunk")):
+        sf.write(bad, np.zeros(samples, dtype=np.float32) + 0.01, 16000)
+        with pytest.raises(InputError, match=f"'{bad}'.*{reason}"):
+            evaluate(lm, load_pairs("storycloze", tmp_path), "storycloze")
+
+
+def test_clip_reader_decodes_parquet_like_files(pool, tmp_path):
+    clips, _ = pool
+    file = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"positive": [_audio_cell(clips["c1"])], "negative": [_audio_cell(clips["c2"])]}), file)
+    got = ClipReader(16000)(Clip(file, 0, "positive"))
+    want = ClipReader(16000)(Clip(clips["c1"]))
+    assert got.shape == want.shape and (got - want).abs().max() < 1e-4  # 16-bit rounding only
