@@ -4,6 +4,7 @@ Bad input (a missing file, unreadable audio, an unloadable model) prints one lin
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -164,6 +165,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"wrote {args.output.resolve()}/: listen to */prompt_continuation.wav, look at */*.png, read report.md")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .benchmark import format_report, run_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run_bench(args.size, tuple(args.batch), args.dtype, args.quantize, args.reference, args.steps,
+                       args.seconds, args.compile)
+    print(format_report(report))
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .train.run import train
 
@@ -276,6 +289,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a key, e.g. lm.train.steps=500 or recipe.corpus.hours=0.5")
     p.add_argument("--corpus", help="use this folder's train/valid/test.jsonl instead of a synthetic corpus")
+
+    def group(name: str, help: str, members: dict[str, tuple[str, str]]) -> None:
+        """A verb with sub-verbs, each configured by `configure(parser)` in its own module (imported lazily
+        enough: the modules import their heavy dependencies inside their functions)."""
+        import importlib
+
+        p = sub.add_parser(name, help=help, description=help)
+        inner = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+        for member, (module, text) in members.items():
+            q = inner.add_parser(member, help=text, description=text)
+            q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+            importlib.import_module(module, __package__).configure(q)
+
+    group("eval", "Evaluate a model: zero-shot benchmarks, codec resynthesis, generation.", {
+        "zeroshot": (".eval.zeroshot", "Pairwise accuracy on sWUGGY, sBLIMP, SALMon or spoken StoryCloze layouts."),
+    })
+
+    p = verb("bench", cmd_bench, "Inference speed and memory at paper size (random weights), optionally side by side "
+             "with the original implementation.")
+    p.add_argument("--size", choices=["paper", "tiny"], default="paper", help="model size (default: paper)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes (default: 1 4)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="LM weights' dtype")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 linear layers in the LM")
+    p.add_argument("--compile", action="store_true", help="torch.compile the LM's transformer")
+    p.add_argument("--reference", help="a checkout of the original wavslm.py, timed on the same weights")
+    p.add_argument("--steps", type=int, default=25, help="decode steps timed (default: 25)")
+    p.add_argument("--seconds", type=float, default=10.0, help="audio seconds for codec and streaming (default: 10)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("-o", "--output", type=Path, help="also write the report as JSON")
 
     p = verb("manifest", cmd_manifest, "List the audio files of a folder as a JSONL manifest.")
     p.add_argument("input", type=Path, help="folder of audio files (searched recursively)")

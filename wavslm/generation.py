@@ -162,7 +162,7 @@ def generate_steps(
     session, feats, state = _start(lm, prompts, device)
     with session:
         for step in range(steps):
-            logits = lm.head(feats[:, -C:])
+            logits = lm.logits(feats[:, -C:])
             new = torch.stack([sample_next_token(logits[b], temp, top_p, top_k, generators[b]) for b in range(B)])
             qfeats = session.dequantize(new)
             yield new, session.synthesize(qfeats)

@@ -99,7 +99,11 @@ class WavSLM(nn.Module):
         preallocated); `use_cache=False` (training) returns no state.
         """
         feats, state = self.encoder(qfeats, state, use_cache=use_cache)
-        return self.head(feats), state
+        return self.logits(feats), state
+
+    def logits(self, feats: Tensor) -> Tensor:
+        """`feats (B, T, D) -> logits (B, T, V)`, float32 whatever the weights' dtype."""
+        return self.head(feats).float()
 
     def _require_codec(self) -> "Codec":
         if self.codec is None:

@@ -139,6 +139,7 @@ class TransformerEncoder(nn.Module):
         B, T, _ = x.shape
         if not self.causal and state is not None:
             raise ValueError("a bidirectional transformer has no streaming state")
+        x = x.to(self.layers[0].attention_norm.weight.dtype)  # float32 features into a bfloat16 stack
         conv_state = None
         if hasattr(self, "positional_embedding"):
             pos_emb, conv_state = self.positional_embedding(x, state.conv if state is not None else None)

@@ -1,0 +1,63 @@
+"""`wavslm bench` runs end to end on the tiny size (CI keeps it from rotting); the inference conversions
+keep their stated deviations."""
+
+import json
+
+import pytest
+import torch
+
+from wavslm import WavSLM
+from wavslm.benchmark import build, run_bench
+from wavslm.cli import main
+from wavslm.optimize import optimize_for_inference
+
+
+def test_bench_cli_reports_every_figure(tmp_path, capsys):
+    assert main(["bench", "--size", "tiny", "--seconds", "1", "--steps", "3", "--batch", "1", "2",
+                 "-o", str(tmp_path / "b.json")]) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert [r["batch"] for r in report["runs"]] == [1, 2]
+    for row in report["runs"]:
+        for key in ("prefill_s", "decode_tok_s", "codec_encode_rtf", "codec_decode_rtf", "stream_rtf", "first_audio_ms"):
+            assert row[key] > 0, key
+    assert report["peak_rss_mb"] > report["lm_weight_mb"] > 0
+    assert "decode_tok_s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_the_bench_runs_each_conversion(quantize):
+    report = run_bench("tiny", (1,), quantize=quantize, steps=2, seconds=0.5)
+    assert report["runs"][0]["decode_tok_s"] > 0
+
+
+def fixture_lm():
+    from conftest import REFERENCE
+
+    if REFERENCE is None:
+        pytest.skip("reference fixtures not found")
+    return WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")
+
+
+@pytest.mark.parametrize(("dtype", "quantize", "max_diff", "agree"), [
+    ("float32", "none", 0.0, 1.0), ("bfloat16", "none", 0.1, 0.9), ("float32", "int8", 0.2, 0.9),
+])
+def test_conversions_deviate_by_at_most_what_the_readme_states(dtype, quantize, max_diff, agree):
+    lm = fixture_lm()
+    toks = torch.randint(0, lm.config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        exact, _ = lm(lm.codec.dequantize(toks))
+        optimize_for_inference(lm, dtype=dtype, quantize=quantize)
+        got, _ = lm(lm.codec.dequantize(toks))
+    assert got.dtype == torch.float32
+    assert (got - exact).abs().max().item() <= max_diff
+    assert (got.argmax(-1) == exact.argmax(-1)).float().mean().item() >= agree
+    sig, gen = lm.generate(bos_toks=toks[:1, :16], max_gen_toks=8, top_p=0.0)  # the loops run converted
+    assert gen.shape == (1, 8)
+
+
+def test_bad_conversion_settings_are_refused():
+    lm = build("tiny")
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        optimize_for_inference(lm, quantize="int4")
+    with pytest.raises(ValueError, match="use dtype float32"):
+        optimize_for_inference(lm, dtype="bfloat16", quantize="int8")

@@ -1,0 +1,211 @@
+"""`wavslm bench`: inference speed and memory at paper size (random weights), optionally side by side with
+the original implementation on the same weights.
+
+What it measures, for each batch size: LM prefill of a 3 s prompt, LM decode tokens/s (4 tokens per step
+with the key/value cache), codec encode and decode real-time factors (offline, 10 s), and end-to-end
+streaming generation (the prompt encoded 80 ms at a time, then the LM and the codec's decoder step by
+step): its real-time factor and the time to the first audio after the prompt is encoded. Peak memory is
+the process's resident high-water mark, next to the bytes of the weights.
+
+`--reference DIR` points at a checkout of the original sources (DIR holds `wavslm.py` from
+lucadellalib/wavslm, or a `wavslm/` clone of it); this project never contains them. Their LM encoder is
+built with the same weights and timed in the same run; the maximum logit difference is reported.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .codec import Codec
+from .lm import WavSLM
+from .optimize import optimize_for_inference
+from .presets import focalcodec_stream, wavslm_paper
+
+
+def build(size: str = "paper", seed: int = 0) -> WavSLM:
+    """A WavSLM and its codec with random weights: `paper` (wavslm_4k + FocalCodec-Stream) or `tiny`."""
+    torch.manual_seed(seed)
+    if size == "paper":
+        codec_cfg, lm_cfg = focalcodec_stream(4096), wavslm_paper()
+    elif size == "tiny":  # seconds on a laptop; the bench's code paths without the cost (CI runs it)
+        codec_cfg = focalcodec_stream(256)
+        small = {"dim": 64, "ffn_dim": 128, "num_heads": 4, "window_size": 64}
+        codec_cfg.encoder_config.update(num_layers=2, hidden_dims=[32] * 7, conv_pos=16, conv_pos_groups=4, **small)
+        focal = {"hidden_dims": [64, 64], "window_size": 64}
+        codec_cfg.compressor_config.update(input_dim=64, downscale_factors=[1, 1], **focal)
+        codec_cfg.decompressor_config.update(output_dim=64, upscale_factors=[1, 1], last_window_size=64, **focal)
+        codec_cfg.decoder_config.update(input_dim=64, num_layers=2, dim=64, ffn_dim=128)
+        lm_cfg = dataclasses.replace(wavslm_paper(256), num_layers=2, **small)
+    else:
+        raise ValueError(f"size must be paper or tiny, got {size!r}")
+    codec = Codec(codec_cfg).eval()
+    return WavSLM(lm_cfg, codec).eval()
+
+
+def _clock(fn, repeat: int = 1) -> float:
+    """Best of `repeat` wall times of `fn()` in seconds (the minimum is the least noisy on a shared machine)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@torch.inference_mode()
+def lm_speed(step_fn, prefill_fn, qfeats: torch.Tensor, steps: int) -> dict:
+    """Prefill `qfeats (B, T, D)` then `steps` decode steps of 4 frames; seconds and tokens/s per sequence."""
+    B = qfeats.shape[0]
+    new = torch.randn(B, 4, qfeats.shape[-1], generator=torch.Generator().manual_seed(1))
+    state = prefill_fn(qfeats)  # warm-up pass (allocations, oneDNN primitive caches)
+    for _ in range(2):
+        state = step_fn(new, state)
+    prefill = _clock(lambda: prefill_fn(qfeats), 2)
+    state = prefill_fn(qfeats)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state = step_fn(new, state)
+    decode = time.perf_counter() - start
+    return {"prefill_s": prefill, "decode_step_ms": decode / steps * 1000, "decode_tok_s": 4 * steps / decode}
+
+
+def ours(lm: WavSLM):
+    def prefill(q):
+        return lm(q)[1]
+
+    def step(q, state):
+        return lm(q, state)[1]
+
+    return prefill, step
+
+
+def load_reference(folder: str | Path):
+    """The original `wavslm.py` as a module (imported under another name: ours is `wavslm`)."""
+    folder = Path(folder)
+    for path in (folder / "wavslm.py", folder / "wavslm" / "wavslm.py"):
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("wavslm_reference", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["wavslm_reference"] = module
+            spec.loader.exec_module(module)
+            return module
+    raise FileNotFoundError(f"no wavslm.py in '{folder}' or '{folder}/wavslm' (a checkout of lucadellalib/wavslm)")
+
+
+def reference_lm(module, lm: WavSLM):
+    """The original encoder and head with our weights (the same state-dict names: the released layout)."""
+    c = lm.config
+    encoder = module.TransformerEncoderAbsolute(c.num_layers, c.dim, c.ffn_dim, c.num_heads, c.num_buckets,
+                                                c.max_distance, 2048, 0.0, True, c.window_size, c.lookahead_size)
+    state = {k.removeprefix("encoder."): v for k, v in lm.state_dict().items() if k.startswith("encoder.")}
+    encoder.load_state_dict(state)
+    encoder.eval()
+    head = lm.head
+
+    def prefill(q):
+        feats, pos, caches = encoder(q)
+        return pos, caches, head(feats)
+
+    def step(q, state):
+        pos, caches, _ = state
+        feats, pos, caches = encoder(q, pos, caches)
+        return pos, caches, head(feats)
+
+    return prefill, step
+
+
+@torch.inference_mode()
+def codec_speed(codec: Codec, batch: int, seconds: float = 10.0) -> dict:
+    sig = torch.randn(batch, int(seconds * codec.sample_rate_input), generator=torch.Generator().manual_seed(2)) * 0.1
+    toks = codec.encode(sig[:, : codec.sample_rate_input])  # warm-up
+    codec.decode(toks)
+    encode = _clock(lambda: codec.encode(sig), 2)
+    toks = codec.encode(sig)
+    decode = _clock(lambda: codec.decode(toks), 2)
+    return {"codec_encode_rtf": encode / seconds, "codec_decode_rtf": decode / seconds}
+
+
+@torch.inference_mode()
+def streaming_speed(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds: float = 10.0) -> dict:
+    """The prompt encoded 80 ms at a time, then generation with audio out each step (seeded sampling)."""
+    from .generation import generate_steps
+
+    codec = lm.codec
+    sig = torch.randn(batch, int(prompt_seconds * codec.sample_rate_input), generator=torch.Generator().manual_seed(3))
+    chunk = codec.chunk_size
+    start = time.perf_counter()
+    with codec.streaming(batch_size=batch) as session:
+        toks = torch.cat([session.encode(sig[:, i : i + chunk]) for i in range(0, sig.shape[1], chunk)], dim=1)
+    toks = toks[:, toks.shape[1] % 4 :]
+    encoded = time.perf_counter()
+    steps = int(seconds * codec.frame_rate) // lm.toks_per_step
+    first = None
+    for _ in generate_steps(lm, list(toks), steps, 0.3, None, 0.8, 0):
+        first = first if first is not None else time.perf_counter() - encoded
+    elapsed = time.perf_counter() - encoded
+    return {"prompt_encode_rtf": (encoded - start) / prompt_seconds, "stream_rtf": elapsed / seconds,
+            "first_audio_ms": first * 1000}
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str = "float32",
+              quantize: str = "none", reference: str | None = None, steps: int = 25, seconds: float = 10.0,
+              compile: bool = False) -> dict:
+    lm = build(size)
+    qfeats_full = lm.codec.dequantize(torch.randint(0, lm.config.vocab_size, (max(batches), 148),
+                                                    generator=torch.Generator().manual_seed(4)))
+    ref = None
+    if reference:
+        ref = reference_lm(load_reference(reference), lm)
+        with torch.inference_mode():  # before any conversion: the reference runs float32
+            exact, _ = lm(qfeats_full[:1])
+            theirs = ref[0](qfeats_full[:1])[2]
+        max_diff = (exact - theirs).abs().max().item()
+    optimize_for_inference(lm, dtype=dtype, quantize=quantize, compile=compile)
+    report = {"size": size, "dtype": dtype, "quantize": quantize, "threads": torch.get_num_threads(),
+              "lm_weight_mb": weight_bytes(lm) / 2**20, "codec_weight_mb": weight_bytes(lm.codec) / 2**20, "runs": []}
+    if ref is not None:
+        with torch.inference_mode():
+            report["max_logit_diff_vs_reference"] = (lm(qfeats_full[:1])[0].float() - theirs).abs().max().item()
+            report["max_logit_diff_vs_reference_float32"] = max_diff
+    for batch in batches:
+        qfeats = qfeats_full[:batch].to(next(lm.parameters()).dtype)
+        row = {"batch": batch, **lm_speed(ours(lm)[1], ours(lm)[0], qfeats, steps)}
+        if ref is not None:
+            theirs_speed = lm_speed(ref[1], ref[0], qfeats_full[:batch], steps)
+            row.update({f"reference_{k}": v for k, v in theirs_speed.items()})
+            row["decode_speedup"] = row["decode_tok_s"] / theirs_speed["decode_tok_s"]
+        row.update(codec_speed(lm.codec, batch, seconds))
+        row.update(streaming_speed(lm, batch, seconds=seconds))
+        report["runs"].append(row)
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return report
+
+
+def format_report(report: dict) -> str:
+    head = (f"size {report['size']}, dtype {report['dtype']}, quantize {report['quantize']}, "
+            f"{report['threads']} threads; weights: LM {report['lm_weight_mb']:.0f} MB, codec "
+            f"{report['codec_weight_mb']:.0f} MB; peak RSS {report['peak_rss_mb']:.0f} MB")
+    if "max_logit_diff_vs_reference" in report:
+        head += (f"\nmax |logit - original's|: {report['max_logit_diff_vs_reference']:.2e} "
+                 f"(float32 before conversion: {report['max_logit_diff_vs_reference_float32']:.2e})")
+    cols = ["batch", "prefill_s", "decode_tok_s", "reference_decode_tok_s", "decode_speedup", "codec_encode_rtf",
+            "codec_decode_rtf", "stream_rtf", "first_audio_ms"]
+    cols = [c for c in cols if any(c in r for r in report["runs"])]
+    lines = [head, " | ".join(cols)]
+    for r in report["runs"]:
+        lines.append(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    return "\n".join(lines)
+
+
+def main_json(report: dict) -> str:
+    return json.dumps(report, indent=2)
