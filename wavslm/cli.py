@@ -304,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     group("eval", "Evaluate a model: zero-shot benchmarks, codec resynthesis, generation.", {
         "zeroshot": (".eval.zeroshot", "Pairwise accuracy on sWUGGY, sBLIMP, SALMon or spoken StoryCloze layouts."),
+        "codec": (".eval.codec_eval", "Resynthesise a folder of speech: PESQ, STOI, mel distance, DNSMOS, speaker "
+                  "similarity, WER, bitrate, codebook usage."),
+        "generation": (".eval.generation_eval", "Continue 3 s prompts: DNSMOS, speaker similarity, intelligibility."),
     })
 
     p = verb("bench", cmd_bench, "Inference speed and memory at paper size (random weights), optionally side by side "
