@@ -309,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
         "generation": (".eval.generation_eval", "Continue 3 s prompts: DNSMOS, speaker similarity, intelligibility."),
     })
 
+    from . import serve  # light: FastAPI is imported only when serving
+
+    p = verb("serve", serve.run, "Serve the page, a WebSocket stream and an HTTP API of continuations (127.0.0.1:8998).")
+    serve.configure(p)
+
     p = verb("bench", cmd_bench, "Inference speed and memory at paper size (random weights), optionally side by side "
              "with the original implementation.")
     p.add_argument("--size", choices=["paper", "tiny"], default="paper", help="model size (default: paper)")

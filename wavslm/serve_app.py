@@ -1,0 +1,163 @@
+"""The FastAPI app of `wavslm serve`: the page, /health, POST /generate and the WebSocket route.
+
+The protocol and the routes are documented in `wavslm.serve` and docs/serve.md; the WebSocket session is
+in `serve_ws`, the model side in `serve_engine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import TYPE_CHECKING, Annotated
+
+import numpy as np
+import soundfile as sf
+from fastapi import FastAPI, Query, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from .serve import Limits
+from .serve_engine import (
+    Engine,
+    ServeError,
+    Settings,
+    check_upload_size,
+    decode_file,
+    timeout_error,
+    validation_message,
+)
+from .serve_ws import websocket_session
+
+if TYPE_CHECKING:
+    from .lm import WavSLM
+
+
+# The page: a fixed table of names, so a URL never becomes a path.
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/recorder.js": ("recorder.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+
+
+def build_app(lm: WavSLM, limits: Limits | None = None, name: str = "model") -> FastAPI:
+    """The server for `lm` (which must hold its codec); `limits` default to `Limits()`."""
+    from . import __version__
+
+    engine = Engine(lm, limits or Limits(), name)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        engine.shutdown()
+
+    app = FastAPI(title="wavslm", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
+                  description="Continue speech with WavSLM. The WebSocket protocol is described in docs/serve.md.")
+    app.state.engine = engine
+    pages = {route: (resources.files("wavslm").joinpath("static", file).read_bytes(), kind)
+             for route, (file, kind) in STATIC.items()}
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(_: Request, err: ServeError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if err.status == 503 else None
+        return JSONResponse({"error": err.payload()}, status_code=err.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": {"code": "invalid_settings", "message": validation_message(err.errors())}}, 422)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, err: Exception) -> JSONResponse:  # logged by Starlette, the server goes on
+        return JSONResponse({"error": {"code": "internal", "message": "the server failed on this request; see its log"}}, 500)
+
+    for route, (body, kind) in pages.items():
+        app.add_api_route(route, _page(body, kind), methods=["GET"], include_in_schema=False)
+
+    @app.get("/health", summary="Model, rates, limits and open sessions")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "model": engine.name,
+            "sample_rate_input": engine.sample_rate_input,
+            "sample_rate_output": engine.sample_rate_output,
+            "chunk_samples": engine.chunk_samples,
+            "active_sessions": engine.active,
+            "limits": engine.limits.as_dict(),
+        }
+
+    @app.post(
+        "/generate",
+        summary="Continue an uploaded prompt; answer the whole continuation as 16-bit WAV",
+        response_class=Response,
+        responses={200: {"content": {"audio/wav": {}}, "description": "16-bit mono WAV at the codec's output rate"},
+                   408: {"description": "idle_timeout, session_timeout"},
+                   413: {"description": "prompt_too_long, upload_too_big"},
+                   422: {"description": "invalid_settings, continuation_too_long, bad_audio"},
+                   503: {"description": "busy: every session slot is in use (Retry-After: 1)"}},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            t: {"schema": {"type": "string", "format": "binary"}} for t in ("audio/wav", "audio/flac", "audio/ogg")}}},
+    )
+    async def generate(request: Request, settings: Annotated[Settings, Query()]) -> Response:
+        engine.check_seconds(settings.seconds)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit():
+            check_upload_size(int(declared), engine.limits)
+        engine.acquire()
+        try:
+            deadline = asyncio.get_running_loop().time() + engine.limits.session_timeout
+            body = await _read_body(request, engine.limits, deadline)
+            return await _generate_wav(request, engine, body, settings, deadline)
+        finally:
+            engine.release()
+
+    @app.websocket("/ws")
+    async def websocket(ws: WebSocket) -> None:
+        await websocket_session(ws, engine)
+
+    return app
+
+
+def _page(body: bytes, kind: str):
+    async def page() -> Response:
+        return Response(body, media_type=kind, headers={"Cache-Control": "no-cache"})
+
+    return page
+
+
+async def _read_body(request: Request, limits: Limits, deadline: float) -> bytes:
+    """The request body, refused as soon as it passes the upload limit or a timeout."""
+    data, parts = bytearray(), request.stream().__aiter__()
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            part = await asyncio.wait_for(parts.__anext__(), max(0.0, min(limits.idle_timeout, remaining)))
+        except StopAsyncIteration:
+            return bytes(data)
+        except asyncio.TimeoutError as err:
+            raise timeout_error(limits, idle=remaining > limits.idle_timeout) from err
+        data += part
+        check_upload_size(len(data), limits)
+
+
+async def _generate_wav(request: Request, engine: Engine, body: bytes, settings: Settings, deadline: float) -> Response:
+    sig, sr = await asyncio.to_thread(decode_file, body, engine.limits)
+    gen = await engine.call(engine.open, sig, sr, settings)
+    chunks = []
+    try:
+        while (chunk := await engine.call(gen.step)) is not None:
+            chunks.append(chunk)
+            if await request.is_disconnected():  # nobody to answer: free the session now
+                return Response(status_code=499)
+            if asyncio.get_running_loop().time() > deadline:
+                raise timeout_error(engine.limits, idle=False)
+    finally:
+        await engine.call(gen.close)
+    out = io.BytesIO()
+    sf.write(out, np.concatenate(chunks), engine.sample_rate_output, format="WAV", subtype="PCM_16")
+    stats = gen.stats()
+    headers = {"X-WavSLM-RTF": str(stats["rtf"]), "X-WavSLM-Tokens": str(stats["tokens"]),
+               "X-WavSLM-Seed": str(stats["seed"])}
+    return Response(out.getvalue(), media_type="audio/wav", headers=headers)
