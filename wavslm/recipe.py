@@ -209,6 +209,91 @@ class Recipe:
         return report
 
 
+# The bundled model's quality targets on the held-out synthetic suite (README of assets/tiny).
+TARGETS = {"lexical accuracy": ("synthetic_suite", "lexical", 0.65), "speaker consistency": (
+    "synthetic_suite", "speaker_consistency", 0.80), "codec STOI (held-out voices)": ("codec", "stoi", 0.70)}
+
+
+def bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, command: str) -> Path:
+    """Copy a finished recipe's codec and LM (released layout) to `out_dir` with a model card."""
+    import shutil
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run_dir / "lm" / "export", tmp)  # lm/ (codec_config "../codec") and codec/
+    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (tmp / "README.md").write_text(model_card(report, run_dir, tmp, command))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _corpus_line(corpus: dict) -> str:
+    if not corpus:
+        return "Corpus: the recipe's --corpus manifests."
+    u, v = corpus["utterances"], corpus["voices"]
+    return (f"Corpus: {corpus['hours']:.2f} h of synthetic speech, {sum(u.values())} utterances (train/valid/test "
+            f"{u['train']}/{u['valid']}/{u['test']}), {v['train']} training voices and {v['test']} held-out test voices, "
+            f"{corpus['lexicon_words']} words over {len(corpus['topics'])} topics; made in {corpus['generation_seconds']:.0f} s.")
+
+
+def _metric(evaluation: dict, where: str, key: str) -> float:
+    if where == "codec":
+        return evaluation["codec"]["mean"][key]
+    return evaluation[where][key]["accuracy"]
+
+
+def model_card(report: dict, run_dir: Path, folder: Path, command: str) -> str:
+    from safetensors.torch import load_file
+
+    def params(path: Path) -> int:
+        return sum(t.numel() for t in load_file(path).values())
+
+    summary = run_dir / "corpus" / "corpus.json"
+    corpus = json.loads(summary.read_text()) if summary.is_file() else {}
+    e = report["eval"]
+    sizes = {p: (folder / p / "model.safetensors").stat().st_size / 2**20 for p in ("codec", "lm")}
+    lines = [
+        "# wavslm tiny: the bundled default model", "",
+        "A WavSLM trained from nothing on a 2-core CPU, on synthetic speech (espeak-ng, many voices). It is the",
+        "default `--model`/`--codec` of every `wavslm` command and of `make demo`. A toy: it learns the sound",
+        "of espeak's voices and some of their word shapes, not English.", "",
+        "## How it was made", "", f"```sh\n{command}\n```", "",
+        _corpus_line(corpus), "",
+        f"Training time: {report['total_seconds'] / 60:.1f} min in all (wall clock, this machine):", "",
+        "| stage | seconds |", "|---|---|",
+        *[f"| {k} | {v:.0f} |" for k, v in report["seconds"].items()], "",
+        "## Size", "",
+        f"- codec: {params(folder / 'codec' / 'model.safetensors') / 1e6:.2f} M parameters ({sizes['codec']:.1f} MB), "
+        "causal, 50 tokens/s, 256 codes (8 bits, 400 b/s), 16 kHz in and out, 80 ms streaming steps",
+        f"- LM: {params(folder / 'lm' / 'model.safetensors') / 1e6:.2f} M parameters ({sizes['lm']:.1f} MB), "
+        "next-chunk prediction (4 tokens per step, lookahead 3), initialised from the teacher's upper layers", "",
+        "## Quality on the held-out synthetic suite", "",
+        "| target | wanted | measured | met |", "|---|---|---|---|",
+    ]
+    for name, (where, key, want) in TARGETS.items():
+        got = _metric(e, where, key)
+        lines.append(f"| {name} | ≥ {want:.2f} | {got:.3f} | {'yes' if got >= want else 'no'} |")
+    lines += ["", "Every metric of the recipe's report (`report.json` beside this file):", "",
+              "| synthetic suite | accuracy | pairs |", "|---|---|---|"]
+    for name, r in e.get("synthetic_suite", {}).items():
+        lines.append(f"| {name} | {r['accuracy']:.3f} | {r['num_pairs']} |")
+    lines += ["", f"Codec resynthesis of {e['codec']['num_files']} held-out utterances "
+              f"(WER against {e['codec']['wer_reference']}):", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in e["codec"]["mean"].items() if isinstance(v, float)]
+    lines += [f"| codebook {k} | {v:.3f} |" for k, v in e["codec"]["codebook_usage"].items()]
+    g = e["generation"]
+    lines += ["", f"Generation: {g['num_continuations']} continuations of {g['settings']['prompt_seconds']} s "
+              f"held-out prompts, {g['settings']['seconds']} s each (top-p {g['settings']['top_p']}, "
+              f"temperature {g['settings']['temp']}, seeds from {g['settings']['seed']}):", "",
+              "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in g["mean"].items() if isinstance(v, float)]
+    lines += ["", f"Intelligibility measure: {g['intelligibility']}", ""]
+    return "\n".join(lines)
+
+
 def _write_json(path: Path, values: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(values, indent=2))
