@@ -194,6 +194,12 @@ def cmd_recipe(args: argparse.Namespace) -> None:
     report = Recipe(args.preset, args.output, args.set, corpus=args.corpus, device=args.device).run()
     print(f"recipe: done in {report['total_seconds'] / 60:.1f} min; report in {args.output / 'report.json'}, "
           f"models in {args.output / 'lm' / 'export'}")
+    if args.bundle:
+        from .recipe import bundle
+
+        command = " ".join(["wavslm", "recipe", args.preset, "-o", str(args.output),
+                            *(f"--set {o}" for o in args.set), *(["--corpus", args.corpus] if args.corpus else [])])
+        print(f"bundled into {bundle(args.output, args.bundle, command)} with its model card")
 
 
 def cmd_manifest(args: argparse.Namespace) -> None:
@@ -289,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a key, e.g. lm.train.steps=500 or recipe.corpus.hours=0.5")
     p.add_argument("--corpus", help="use this folder's train/valid/test.jsonl instead of a synthetic corpus")
+    p.add_argument("--bundle", type=Path, help="then copy the models with a model card here (e.g. assets/tiny)")
 
     def group(name: str, help: str, members: dict[str, tuple[str, str]]) -> None:
         """A verb with sub-verbs, each configured by `configure(parser)` in its own module (imported lazily
