@@ -1,0 +1,82 @@
+"""`wavslm recipe`: the whole stack from nothing on a micro config, end to end, then bundled and demoed."""
+
+import json
+
+import pytest
+import torch
+
+from wavslm import Codec, WavSLM
+from wavslm.cli import main
+from wavslm.recipe import CODEC_STEPS, resolve_recipe
+
+# The tiny preset's architecture with a few steps per stage and a few minutes of corpus.
+MICRO = [
+    "recipe.corpus.hours=0.04", "recipe.bench.pairs=4", "recipe.eval.codec_files=2", "recipe.eval.prompts=1",
+    "recipe.eval.seconds=1.0",
+    "ssl.train.steps=4", "ssl.train.valid_every=4", "ssl.train.log_every=1", "ssl.targets.iters=5",
+    "codec.train.batch_size=4", "codec.train.valid_batches=1", "codec.data.max_seconds=4.0",
+    "lm.train.steps=6", "lm.train.valid_every=6", "lm.train.batch_size=4", "lm.data.crop_tokens=64",
+    *(f"recipe.codec_steps.{s}=[train.steps=2,train.valid_every=2,train.log_every=1]" for s in CODEC_STEPS),
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipe")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = ["recipe", "tiny", "-o", str(folder / "run"), "--bundle", str(folder / "bundle")]
+        assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+def test_every_stage_ran_and_the_report_holds_every_metric(run):
+    report = json.loads((run / "run" / "report.json").read_text())
+    assert list(report["seconds"]) == ["corpus", "ssl", *(f"codec_{s}" for s in CODEC_STEPS), "tokenize", "lm",
+                                       "bench", "eval"]
+    suite = report["eval"]["synthetic_suite"]
+    assert sorted(suite) == ["lexical", "speaker_consistency", "syntactic", "topic_story"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["num_pairs"] == 4 for r in suite.values())
+    codec = report["eval"]["codec"]
+    assert codec["num_files"] == 2 and -1.0 <= codec["mean"]["stoi"] <= 1.0 and codec["bitrate_bps"] == 400
+    assert report["eval"]["generation"]["num_continuations"] == 1
+
+
+def test_a_second_run_skips_every_finished_stage(run, capsys):
+    assert main(["recipe", "tiny", "-o", str(run / "run"), *(f"--set={o}" for o in MICRO)]) == 0
+    assert "done in" in capsys.readouterr().out
+    # Nothing was retrained: the LM's log still has its one run of 6 steps.
+    rows = [json.loads(r) for r in (run / "run" / "lm" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"][-1] == 6
+    assert sum(r["split"] == "train" and r["step"] == 1 for r in rows) <= 1
+
+
+def test_the_bundle_loads_generates_and_has_a_model_card(run, tmp_path):
+    bundle = run / "bundle"
+    card = (bundle / "README.md").read_text()
+    assert "wavslm recipe tiny" in card and "lexical accuracy" in card and "codec STOI" in card
+    lm = WavSLM.from_pretrained(bundle / "lm")
+    codec = Codec.from_pretrained(bundle / "codec")
+    assert (codec.frame_rate, codec.vocab_size, lm.toks_per_step) == (50, 256, 4)
+    assert main(["demo", "--model", str(bundle / "lm"), "-o", str(tmp_path / "demo"), "--seconds", "1"]) == 0
+    for name in ("synthetic", "real"):
+        for stem in ("prompt", "continuation", "prompt_continuation"):
+            assert (tmp_path / "demo" / name / f"{stem}.wav").is_file()
+            assert (tmp_path / "demo" / name / f"{stem}.png").is_file()
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["prompts"]["real"]["continuation_seconds"] == pytest.approx(0.96)
+    assert (tmp_path / "demo" / "report.md").is_file() and not (tmp_path / "demo.tmp").exists()
+
+
+def test_recipe_settings_errors_name_the_key():
+    from wavslm import InputError
+
+    with pytest.raises(InputError, match="start the key with its section"):
+        resolve_recipe("tiny", ["train.steps=3"])
+    with pytest.raises(InputError, match="unknown recipe preset 'huge'"):
+        resolve_recipe("huge", [])
+    with pytest.raises(InputError, match="unknown sub-stages"):
+        resolve_recipe("tiny", ["recipe.codec_steps.vocoder=[]"])
