@@ -304,10 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
 
         p = sub.add_parser(name, help=help, description=help)
         inner = p.add_subparsers(dest="what", required=True, metavar="WHAT")
-        for member, (module, text) in members.items():
+        for member, (target, text) in members.items():
+            module, _, function = target.partition(":")
             q = inner.add_parser(member, help=text, description=text)
             q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-            importlib.import_module(module, __package__).configure(q)
+            getattr(importlib.import_module(module, __package__), function or "configure")(q)
 
     group("eval", "Evaluate a model: zero-shot benchmarks, codec resynthesis, generation.", {
         "zeroshot": (".eval.zeroshot", "Pairwise accuracy on sWUGGY, sBLIMP, SALMon or spoken StoryCloze layouts."),
@@ -333,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="audio seconds for codec and streaming (default: 10)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("-o", "--output", type=Path, help="also write the report as JSON")
+
+    group("synth", "Synthetic spoken language made offline with espeak-ng: a corpus, and a benchmark suite.", {
+        "corpus": (".data.synth:configure_corpus", "Sentences from a grammar over ~1000 words, many voices, 16 kHz, "
+                   "train/valid/test manifests (test voices held out)."),
+        "bench": (".eval.synth_bench:configure_bench", "Lexical, syntactic, topic-story and speaker-consistency pairs "
+                  "in the sWUGGY/sBLIMP/StoryCloze/SALMon layouts, held-out voices only."),
+    })
 
     p = verb("manifest", cmd_manifest, "List the audio files of a folder as a JSONL manifest.")
     p.add_argument("input", type=Path, help="folder of audio files (searched recursively)")
