@@ -201,3 +201,19 @@ def test_espeak_rejects_unknown_voices():
         synthesize("hello", Voice("x", "xx-nowhere"))
     with pytest.raises(InputError, match="empty"):
         synthesize("  ", Voice("x"))
+
+
+def test_the_cli_verbs_ci_runs(tmp_path, capsys):
+    """`wavslm synth corpus --hours 0.1` and `wavslm synth bench` as a user types them."""
+    from wavslm.cli import main
+
+    assert main(["synth", "corpus", "-o", str(tmp_path / "corpus"), "--hours", "0.1"]) == 0
+    summary = json.loads((tmp_path / "corpus" / "corpus.json").read_text())
+    assert 0.1 <= summary["hours"] < 0.12 and summary["voices"] == {"train": 42, "test": 6}
+    assert main(["synth", "bench", "-o", str(tmp_path / "bench")]) == 0
+    for task, gold in (("lexical", "lexical/dev/gold.csv"), ("syntactic", "syntactic/dev/gold.csv")):
+        assert len(_gold(tmp_path / "bench" / gold)) == 200, task  # 100 pairs by default
+    assert len(list((tmp_path / "bench" / "storycloze").glob("*_correct.wav"))) == 100
+    assert len(list((tmp_path / "bench" / "salmon" / "speaker_consistency").glob("sample_*_0.wav"))) == 100
+    out = capsys.readouterr().out
+    assert "corpus" in out.lower() and "bench" in out.lower()
