@@ -1,12 +1,13 @@
 """Inference-time conversions of a loaded WavSLM: bfloat16 weights, int8 linear layers, torch.compile.
 
 Float32 (the default) is exact to the original implementation; the others trade a measured deviation
-for speed or memory (README, "Exactness modes"). Only the language model is converted: the codec stays
-float32, and the LM's inputs and logits stay float32 at its boundary.
+for speed or memory (README, "Speed on a CPU"). The LM's inputs and logits stay float32 at its boundary.
 
-int8: every linear layer of the LM's transformer and its head becomes a dynamically quantised int8
-layer (weights per output channel, activations per call, fbgemm kernels): on a CPU, decoding reads the
-weights once per step, and a quarter of the bytes is most of the gain.
+bfloat16: the LM's transformer and head (the codec stays float32).
+int8: every linear layer of the LM's transformer and head, and of the codec's decompressor and waveform
+decoder (the work of each generation step), becomes a dynamically quantised int8 layer (weights per
+output channel, activations per call, fbgemm kernels): on a CPU, decoding reads the weights once per
+step, and a quarter of the bytes is most of the gain. The codec's encoder (the prompt) stays float32.
 """
 
 import warnings
@@ -69,6 +70,9 @@ def optimize_for_inference(lm, dtype: str = "float32", quantize: str = "none", c
         if _replace_linears(lm.encoder) == 0:
             raise ValueError("no linear layers to quantise")
         lm.head = Int8Linear(lm.head)
+        if lm.codec is not None:  # the per-step codec work: features from tokens, audio from features
+            _replace_linears(lm.codec.decompressor)
+            _replace_linears(lm.codec.decoder)
     if compile:
         lm.encoder.forward = torch.compile(lm.encoder.forward, dynamic=True)
     return lm
