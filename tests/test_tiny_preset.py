@@ -63,7 +63,7 @@ def falls(values, ratio):
 
 
 @pytest.mark.parametrize(("stage", "key", "ratio"), [
-    # measured: 0.79, 0.81, 0.42, 0.52, 0.17, 0.27, 0.03 (last three steps' mean over the first three's)
+    # measured: 0.79, 0.68, 0.42, 0.52, 0.17, 0.26, 0.03 (last three steps' mean over the first three's)
     ("ssl", "loss", 0.9), ("codec_decoder", "mel", 0.9), ("codec_posemb", "loss", 0.6),
     ("codec_encoder", "loss", 0.7), ("codec_quantizer", "mse", 0.4), ("codec_joint", "mse", 0.5),
     ("lm", "loss", 0.5),
