@@ -29,6 +29,7 @@ import websockets
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+BUNDLED_LM = Path(__file__).resolve().parents[1] / "assets" / "tiny" / "lm"
 REFERENCE_LM = Path(os.environ.get("WAVSLM_REFERENCE", SHARED / "fixtures" / "reference")) / "wavslm_tiny"
 SPEECH = Path(os.environ.get("WAVSLM_SPEECH", SHARED / "data" / "speech"))
 STEP = 0.08  # seconds of audio per chunk
@@ -115,7 +116,8 @@ def free_port() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REFERENCE_LM), help="WavSLM folder/.json/hub id (default: the reference fixture)")
+    parser.add_argument("--model", default=str(BUNDLED_LM),
+                        help=f"WavSLM folder/.json/hub id (default: the bundled tiny model; {REFERENCE_LM} also works)")
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0, help="continuation per session")
     parser.add_argument("--prompt-seconds", type=float, default=3.0)
