@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="continuation per session")
     parser.add_argument("--prompt-seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, help="the server's PyTorch threads (default: PyTorch's choice)")
+    parser.add_argument("--threads", type=int, help="the server's PyTorch threads (default: the server's, 1)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lead-ms", type=float, default=100.0,
                         help="player's lead before the first chunk plays, as in the page (default 100)")

@@ -100,7 +100,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds a client may stay silent while sending its prompt (default {d.idle_timeout:g})")
     parser.add_argument("--session-timeout", type=float, default=d.session_timeout,
                         help=f"seconds a session may last in all (default {d.session_timeout:g})")
-    parser.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="PyTorch CPU threads of the model thread (default: 1; more only pays for big models: "
+                             "with several, its spinning workers compete with the server for the cores)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
 
@@ -122,8 +124,9 @@ def run(args: argparse.Namespace) -> None:
                     args.idle_timeout, args.session_timeout)
     if min(limits.as_dict().values()) <= 0:
         raise InputError("every --max-* and --*-timeout value must be positive")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise InputError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
     lm = load_lm(args.model, getattr(args, "device", "cpu"))
     name = Path(args.model).name if args.model else "bundled tiny"
     print(f"wavslm serve: {name} on http://{args.host}:{args.port}/ (API: /openapi.json)", flush=True)

@@ -201,6 +201,9 @@ class Engine:
     def release(self) -> None:
         with self._count_lock:
             self.active -= 1
+            idle = self.active == 0
+        if idle:  # behind any queued model work: give the freed activations back to the OS
+            self.model_thread.submit(_return_free_memory)
 
     async def call(self, fn, *args):
         """Run `fn(*args)` on the model thread, behind the calls already queued, and await its result."""
@@ -288,3 +291,16 @@ def to_bytes(chunk: np.ndarray, output_format: str) -> bytes:
     if output_format == "s16":
         return (np.clip(chunk, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
     return chunk.astype("<f4").tobytes()
+
+
+def _return_free_memory() -> None:
+    """glibc keeps freed heap in its arenas; `malloc_trim` hands it back, so an idle server returns to its
+    baseline memory. A no-op where the C library has no such call."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
