@@ -258,8 +258,8 @@ def model_card(report: dict, run_dir: Path, folder: Path, command: str) -> str:
     lines = [
         "# wavslm tiny: the bundled default model", "",
         "A WavSLM trained from nothing on a 2-core CPU, on synthetic speech (espeak-ng, many voices). It is the",
-        "default `--model`/`--codec` of every `wavslm` command and of `make demo`. A toy: it learns the sound",
-        "of espeak's voices and some of their word shapes, not English.", "",
+        "default `--model`/`--codec` of every `wavslm` command and of `make demo`. A toy, trained in minutes;",
+        "its measured quality is below.", "",
         "## How it was made", "", f"```sh\n{command}\n```", "",
         _corpus_line(corpus), "",
         f"Training time: {report['total_seconds'] / 60:.1f} min in all (wall clock, this machine):", "",
