@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import wavslm
-from wavslm.train.features import deltas, kmeans_assign, kmeans_fit, mfcc, num_frames
+from wavslm.train.features import deltas, kmeans_assign, kmeans_fit, log_mel, mfcc, num_frames
 from wavslm.train.ssl_parts import (
     IGNORE,
     MaskedPredictionHead,
+    ReconstructionHead,
     SSLModel,
     features_for_kmeans,
     masked_prediction_loss,
@@ -71,6 +72,20 @@ def test_mfcc_of_a_padded_batch_equals_each_row_alone(speech):
         torch.testing.assert_close(feats[0], mfcc(sig[:1], normalize=normalize)[0])
         torch.testing.assert_close(feats[1, :T], mfcc(sig[1:, :short], normalize=normalize)[0], atol=1e-4, rtol=1e-4)
     assert (feats[1, T:] == 0).all()
+
+
+def test_log_mel_frames_match_wavlm_and_a_tone_lands_in_its_band():
+    t = torch.arange(16000) / 16000
+    sig = torch.stack([torch.sin(2 * math.pi * 300 * t), torch.sin(2 * math.pi * 3000 * t)])
+    feats = log_mel(sig, n_mels=40)
+    assert feats.shape == (2, num_frames(16000), 40) and torch.isfinite(feats).all()
+    low, high = feats.mean(1).argmax(-1).tolist()
+    assert low < 10 < 25 < high, (low, high)  # 300 Hz and 3 kHz on an HTK mel scale from 20 Hz to 8 kHz
+    padded = torch.cat([sig[:1, :9000], torch.zeros(1, 7000)], 1)
+    held = log_mel(padded, n_mels=40, lengths=torch.tensor([9000]))
+    T = num_frames(9000)
+    torch.testing.assert_close(held[0, :T], log_mel(sig[:1, :9000], n_mels=40)[0])
+    assert (held[0, T:] == held[0, T - 1]).all()
 
 
 def test_deltas_of_a_constant_are_zero():
@@ -197,6 +212,26 @@ def test_ssl_model_wraps_ssl_forward():
                             unmasked_weight=0.1)
     torch.testing.assert_close(loss, direct)
     assert {k.split(".")[0] for k in model.state_dict()} == {"wavlm", "head"}
+
+
+def test_reconstruction_term_adds_a_log_mel_l1_at_its_layer():
+    wavlm, head = tiny_wavlm(), MaskedPredictionHead(64, 8, 32)
+    recon = ReconstructionHead(64, 20, layer=1, weight=0.5)
+    model = SSLModel(wavlm, head, layer=2, recon=recon)
+    sig, labels = torch.randn(2, 4000), torch.randint(8, (2, num_frames(4000)))
+    target = log_mel(sig, n_mels=20)
+    loss, metrics = model(sig, labels, torch.Generator().manual_seed(3), recon_target=target)
+    plain, _ = ssl_forward(wavlm, head, sig, labels, torch.Generator().manual_seed(3), layer=2)
+    hidden: list[torch.Tensor] = []
+    mask = span_mask(2, labels.shape[1], generator=torch.Generator().manual_seed(3))
+    x = head.apply_mask(wavlm.feature_proj(wavlm.extract(sig)[0]), mask)
+    wavlm.encoder(x, use_cache=False, hidden=hidden)
+    by_hand = (recon.proj(hidden[1]) - target).abs().mean()
+    torch.testing.assert_close(metrics["recon_l1"], by_hand.detach())
+    torch.testing.assert_close(loss, plain + 0.5 * by_hand)
+    assert {k.split(".")[0] for k in model.state_dict()} == {"wavlm", "head", "recon"}
+    with pytest.raises(ValueError, match="recon_target must be"):
+        model(sig, labels, torch.Generator().manual_seed(3))
 
 
 def test_features_for_kmeans_is_the_unmasked_hidden_state():

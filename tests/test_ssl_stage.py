@@ -127,3 +127,17 @@ def test_config_errors(config, tmp_path):
         train("ssl", tmp_path / "b", config, ["targets.kind=features"])
     with pytest.raises(InputError, match=r"model.layer must be null or in \[0, 2\]"):
         train("ssl", tmp_path / "c", config, ["model.layer=3"])
+    with pytest.raises(InputError, match=r"reconstruction needs weight >= 0, layer in \[1, 2\]"):
+        train("ssl", tmp_path / "d", config, ["reconstruction.weight=1.0", "reconstruction.layer=3"])
+
+
+def test_reconstruction_term_trains_and_leaves_the_export_as_before(config, tmp_path):
+    run_dir = tmp_path / "run"
+    train("ssl", run_dir, config, ["reconstruction.weight=1.0", "reconstruction.layer=1", "reconstruction.n_mels=40",
+                                   "train.steps=30", "train.valid_every=30", "train.save_every=30"])
+    curve = [r["recon_l1"] for r in rows(run_dir)]
+    assert sum(curve[-3:]) < 0.7 * sum(curve[:3]), curve[::3]
+    trained = checkpoint.load(run_dir / "checkpoints" / "last.pt")["nets"]["ssl"]
+    assert trained["recon.proj.weight"].shape == (40, 64)
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["kmeans.safetensors", "ssl.json", "wavlm"]
+    from_hf(run_dir / "export" / "wavlm")

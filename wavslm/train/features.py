@@ -89,6 +89,32 @@ def _hold_last(x: Tensor, frames: Tensor | None) -> Tensor:
     return x.gather(1, index[..., None].expand_as(x))
 
 
+def log_mel(
+    sig: Tensor, n_mels: int = 80, low_hz: float = 20.0, high_hz: float = 8000.0, preemphasis: float = 0.97,
+    lengths: Tensor | None = None,
+) -> Tensor:
+    """Kaldi-style log-mel filterbank energies of `sig (B, N)` at 16 kHz -> `(B, T, n_mels)`, float32.
+
+    One frame per WavLM frame (see the module docstring). Per frame: remove the DC offset, pre-emphasise,
+    Hamming window, 512-point power spectrum, `n_mels` mel filters from `low_hz` to `high_hz`, natural log
+    floored at float32 eps. `lengths (B,)`: frames past each row's valid ones repeat its last valid frame.
+    """
+    if sig.dim() != 2:
+        raise ValueError(f"log_mel expects sig of shape (B, N), got {tuple(sig.shape)}")
+    sig = sig.float()
+    if sig.shape[1] < WINDOW:
+        sig = F.pad(sig, (0, WINDOW - sig.shape[1]))
+    windows = sig.unfold(1, WINDOW, HOP)  # (B, T, 400)
+    windows = windows - windows.mean(-1, keepdim=True)
+    windows = torch.cat([windows[..., :1] * (1 - preemphasis), windows[..., 1:] - preemphasis * windows[..., :-1]], -1)
+    windows = windows * torch.hamming_window(WINDOW, periodic=False, device=sig.device)
+    n_fft = 1 << (WINDOW - 1).bit_length()
+    power = torch.fft.rfft(windows, n=n_fft).abs() ** 2  # (B, T, n_fft / 2 + 1)
+    fbank = mel_filterbank(n_fft, n_mels, SAMPLE_RATE, low_hz, high_hz).to(sig.device)
+    logmel = (power @ fbank).clamp_min(torch.finfo(torch.float32).eps).log()
+    return _hold_last(logmel, num_frames(lengths.to(sig.device)) if lengths is not None else None)
+
+
 def mfcc(
     sig: Tensor,
     n_mfcc: int = 13,
@@ -113,17 +139,7 @@ def mfcc(
     """
     if sig.dim() != 2:
         raise ValueError(f"mfcc expects sig of shape (B, N), got {tuple(sig.shape)}")
-    sig = sig.float()
-    if sig.shape[1] < WINDOW:
-        sig = F.pad(sig, (0, WINDOW - sig.shape[1]))
-    windows = sig.unfold(1, WINDOW, HOP)  # (B, T, 400)
-    windows = windows - windows.mean(-1, keepdim=True)
-    windows = torch.cat([windows[..., :1] * (1 - preemphasis), windows[..., 1:] - preemphasis * windows[..., :-1]], -1)
-    windows = windows * torch.hamming_window(WINDOW, periodic=False, device=sig.device)
-    n_fft = 1 << (WINDOW - 1).bit_length()
-    power = torch.fft.rfft(windows, n=n_fft).abs() ** 2  # (B, T, n_fft / 2 + 1)
-    fbank = mel_filterbank(n_fft, n_mels, SAMPLE_RATE, low_hz, high_hz).to(sig.device)
-    logmel = (power @ fbank).clamp_min(torch.finfo(torch.float32).eps).log()
+    logmel = log_mel(sig, n_mels, low_hz, high_hz, preemphasis)
     ceps = logmel @ dct_matrix(n_mels, n_mfcc).to(sig.device)
     if lifter:
         i = torch.arange(n_mfcc, device=sig.device, dtype=torch.float32)

@@ -84,6 +84,26 @@ class MaskedPredictionHead(nn.Module):
         return z @ c.T / self.temperature
 
 
+class ReconstructionHead(nn.Module):
+    """A linear map from transformer layer `layer` (1-based, as `hidden[layer]`) to the log-mel frame.
+
+    Masked prediction alone leaves a small teacher trained for minutes with features that say little about
+    the sound (a linear probe of its layers recovers a quarter of the log-mel variance), and the codec
+    distils and decodes exactly those features. This term (TERA-style reconstruction, all valid frames,
+    masked ones from context) keeps layer `layer` a description of the spectrum. Off unless configured.
+    """
+
+    def __init__(self, dim: int, n_mels: int, layer: int, weight: float):
+        super().__init__()
+        self.layer, self.weight = layer, weight
+        self.proj = nn.Linear(dim, n_mels)
+
+    def loss(self, hidden: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        """Mean absolute error over the `valid (B, T)` frames of `hidden (B, T, dim)` vs `target (B, T, n_mels)`."""
+        err = (self.proj(hidden).float() - target.float()).abs().mean(-1)
+        return (err * valid).sum() / valid.sum().clamp_min(1)
+
+
 def masked_prediction_loss(logits: Tensor, labels: Tensor, mask: Tensor, unmasked_weight: float = 0.0) -> Tensor:
     """Mean cross-entropy over masked frames, plus `unmasked_weight` times the mean over unmasked ones.
 
@@ -119,6 +139,8 @@ def ssl_forward(
     unmasked_weight: float = 0.0,
     feature_grad_mult: float = 1.0,
     mask: Tensor | None = None,
+    recon: ReconstructionHead | None = None,
+    recon_target: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One masked-prediction pass: `sig (B, N)` at 16 kHz, `labels (B, T)` cluster ids per WavLM frame.
 
@@ -131,6 +153,8 @@ def ssl_forward(
     when `layer` is lower: the layers above get no gradient (DDP: `find_unused_parameters=True`).
     `mask (B, T)` bool, if given, replaces the drawn spans (e.g. one generator per item, so that an item
     is masked alike however the batch is split across ranks); frames past `lengths` are never masked.
+    `recon` with `recon_target (B, T, n_mels)` adds `recon.weight` times its reconstruction loss over the
+    labelled frames (metric `recon_l1`).
     """
     if layer is not None and not 0 <= layer <= wavlm.config.num_layers:
         raise ValueError(f"layer must be in [0, {wavlm.config.num_layers}], got {layer}")
@@ -157,9 +181,17 @@ def ssl_forward(
             mask = mask & (torch.arange(T, device=x.device)[None, :] < frames[:, None])
     x = head.apply_mask(x, mask)
     hidden: list[Tensor] = []
-    out, _ = wavlm.encoder(x, use_cache=False, hidden=hidden if layer is not None else None)
+    out, _ = wavlm.encoder(x, use_cache=False, hidden=hidden if layer is not None or recon is not None else None)
     logits = head(out if layer is None else hidden[layer])
     loss = masked_prediction_loss(logits, labels, mask, unmasked_weight)
+    extra = {}
+    if recon is not None:
+        if recon_target is None or recon_target.shape[:2] != (B, T):
+            raise ValueError(f"recon_target must be (B={B}, T={T}, n_mels), got "
+                             f"{None if recon_target is None else tuple(recon_target.shape)}")
+        recon_l1 = recon.loss(hidden[recon.layer], recon_target.to(x.device), labels != IGNORE)
+        loss = loss + recon.weight * recon_l1
+        extra["recon_l1"] = recon_l1.detach()
     with torch.no_grad():
         correct = logits.argmax(-1) == labels
         has_label = labels != IGNORE
@@ -169,14 +201,15 @@ def ssl_forward(
             "acc_masked": (correct & masked).sum() / masked.sum().clamp_min(1),
             "acc_unmasked": (correct & unmasked).sum() / unmasked.sum().clamp_min(1),
             "mask_fraction": masked.sum() / has_label.sum().clamp_min(1),
+            **extra,
         }
     return loss, metrics
 
 
 class SSLModel(nn.Module):
     """The teacher and its head as one module, so that DDP wraps a single `forward` (DDP only syncs
-    gradients of passes that go through the wrapper's own `forward`). Saves as `wavlm.*` + `head.*`;
-    export `model.wavlm` alone."""
+    gradients of passes that go through the wrapper's own `forward`). Saves as `wavlm.*` + `head.*`
+    (+ `recon.*`); export `model.wavlm` alone."""
 
     def __init__(
         self,
@@ -188,9 +221,10 @@ class SSLModel(nn.Module):
         min_masks: int = 2,
         unmasked_weight: float = 0.0,
         feature_grad_mult: float = 1.0,
+        recon: ReconstructionHead | None = None,
     ):
         super().__init__()
-        self.wavlm, self.head = wavlm, head
+        self.wavlm, self.head, self.recon = wavlm, head, recon
         self.options = dict(layer=layer, mask_prob=mask_prob, mask_length=mask_length, min_masks=min_masks,
                             unmasked_weight=unmasked_weight, feature_grad_mult=feature_grad_mult)
 
@@ -201,9 +235,11 @@ class SSLModel(nn.Module):
         mask_generator: torch.Generator | None = None,
         lengths: Tensor | None = None,
         mask: Tensor | None = None,
+        recon_target: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """`ssl_forward` with this model's options: `(loss, metrics)`."""
-        return ssl_forward(self.wavlm, self.head, sig, labels, mask_generator, lengths, **self.options, mask=mask)
+        return ssl_forward(self.wavlm, self.head, sig, labels, mask_generator, lengths, **self.options, mask=mask,
+                           recon=self.recon, recon_target=recon_target)
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@ files) and at most `targets.max_frames` of their frames, and is kept as a buffer
 checkpoint holds it, so a resumed run labels with the very centroids it started with, and DDP copies
 rank 0's to every rank. Labels are computed on the fly from each batch's audio, in float32 outside
 autocast, one per WavLM frame (`features.mfcc` frames the signal as the conv front end does).
+`reconstruction.weight > 0` adds a log-mel reconstruction term at one layer (`ssl_parts.ReconstructionHead`):
+the tiny recipe needs it so that the layers its codec distils describe the sound after minutes of training.
 
 Masks are a pure function of `(seed, epoch, item)`: each row draws its spans from its own generator, so
 one process, N processes and a resumed run mask every item alike. (The loss is the mean over the masked
@@ -31,9 +33,9 @@ from ..data.manifest import write_atomic
 from ..data.segments import AudioSegments, collate_segments, stable_randint
 from ..errors import InputError
 from ..wavlm import WavLM, WavLMConfig, from_hf, save_hf, wavlm_ref
-from .features import SAMPLE_RATE, kmeans_assign, kmeans_fit, mfcc, num_frames
+from .features import SAMPLE_RATE, kmeans_assign, kmeans_fit, log_mel, mfcc, num_frames
 from .loop import TrainConfig
-from .ssl_parts import MaskedPredictionHead, SSLModel, features_for_kmeans, span_mask
+from .ssl_parts import MaskedPredictionHead, ReconstructionHead, SSLModel, features_for_kmeans, span_mask
 
 log = logging.getLogger("wavslm.train")
 
@@ -93,11 +95,21 @@ class SSLMaskingConfig:
 
 
 @dataclass
+class SSLReconstructionConfig:
+    """Optional log-mel reconstruction from one layer (`ssl_parts.ReconstructionHead`); weight 0: off."""
+
+    weight: float = 0.0
+    layer: int = 3  # 1-based transformer layer (the codec distils the teacher's first `teacher_layers`)
+    n_mels: int = 80
+
+
+@dataclass
 class SSLStageConfig:
     data: SSLDataConfig = field(default_factory=SSLDataConfig)
     model: SSLModelConfig = field(default_factory=SSLModelConfig)
     targets: SSLTargetsConfig = field(default_factory=SSLTargetsConfig)
     masking: SSLMaskingConfig = field(default_factory=SSLMaskingConfig)
+    reconstruction: SSLReconstructionConfig = field(default_factory=SSLReconstructionConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=100, clip=10.0))
 
 
@@ -148,6 +160,10 @@ class SSLStage:
         if cfg.data.max_items < 1 or cfg.targets.max_frames < cfg.targets.num_clusters:
             raise InputError("ssl stage: data.max_items must be positive and targets.max_frames at least "
                              "targets.num_clusters")
+        r = cfg.reconstruction
+        if r.weight < 0 or (r.weight and not (1 <= r.layer <= cfg.model.num_layers and r.n_mels >= 1)):
+            raise InputError(f"ssl stage: reconstruction needs weight >= 0, layer in [1, {cfg.model.num_layers}] "
+                             f"and n_mels >= 1; got {r}")
         m = cfg.masking
         if not 0 < m.mask_prob <= 1 or m.mask_length < 1 or m.min_masks < 0:
             raise InputError(f"ssl stage: masking needs 0 < mask_prob <= 1, mask_length >= 1 and min_masks >= 0; "
@@ -161,11 +177,14 @@ class SSLStage:
                              conv_bias=m.conv_bias, causal=False, final_norm=True)
         wavlm = WavLM(config)
         head = MaskedPredictionHead(m.dim, self.cfg.targets.num_clusters, m.proj_dim, m.temperature)
+        r = self.cfg.reconstruction
+        recon = ReconstructionHead(m.dim, r.n_mels, r.layer, r.weight) if r.weight else None
         model = SSLModel(wavlm, head, m.layer, k.mask_prob, k.mask_length, k.min_masks, k.unmasked_weight,
-                         m.feature_grad_mult)
-        if m.layer is not None:  # what lies above the predicting layer gets no gradient: freeze it (and DDP
-            frozen = [*wavlm.encoder.layers[m.layer :], wavlm.encoder.norm]  # need not look for unused ones)
-            if m.layer == 0:
+                         m.feature_grad_mult, recon)
+        if m.layer is not None:  # what lies above the predicting layers gets no gradient: freeze it (and DDP
+            top = max(m.layer, r.layer if r.weight else 0)  # need not look for unused ones)
+            frozen = [*wavlm.encoder.layers[top:], wavlm.encoder.norm]
+            if top == 0:
                 frozen.append(wavlm.encoder.relative_embedding)
             for module in frozen:
                 module.requires_grad_(False)
@@ -227,7 +246,11 @@ class SSLStage:
         labels = kmeans_assign(self._target_feats(sig, length), self.raw["ssl"].centroids)
         mask = item_masks(batch["index"], num_frames(length.cpu()), labels.shape[1], (self.cfg.train.seed, epoch),
                           self.cfg.masking)
-        loss, metrics = net(sig, labels, lengths=length, mask=mask)
+        target = None
+        if self.cfg.reconstruction.weight:
+            with torch.no_grad(), torch.autocast(sig.device.type, enabled=False):
+                target = log_mel(sig.float(), self.cfg.reconstruction.n_mels, lengths=length)
+        loss, metrics = net(sig, labels, lengths=length, mask=mask, recon_target=target)
         return loss, {k: v.item() for k, v in metrics.items()}
 
     def train_step(self, batch: dict[str, Tensor]) -> Iterator[tuple[str, Tensor, dict[str, float]]]:
