@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import wavslm
 from wavslm import WavSLM, load_audio
 from wavslm.generation import sample_next_token
 
@@ -95,3 +96,52 @@ def test_sampling_is_pure_and_respects_its_settings():
     assert set(free.tolist()) == {0, 1, 2, 3}
     again = sample_next_token(logits, temp=10.0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(free, again)
+
+
+# ---- live sessions: the prompt read as it arrives ------------------------------------------------------
+
+
+def _live_run(lm, prompt, steps, feed_sizes, **kwargs):
+    with lm.live(seed=3, **kwargs) as live:
+        fed, i = [], 0
+        while i < prompt.shape[1]:
+            n = feed_sizes[len(fed) % len(feed_sizes)]
+            fed.append(live.feed(prompt[:, i : i + n]))
+            i += n
+        out = list(live.generate(steps))
+    return torch.cat(fed, 1), torch.cat([t for t, _ in out], 1), torch.cat([a for _, a in out], 1)
+
+
+def test_live_session_equals_generation_on_the_same_prompt(lm, utterance):
+    from wavslm.generation import generate_steps
+
+    sig, sr = utterance
+    codec = lm.codec
+    prompt = sig[:, : 10 * codec.chunk_size]  # 0.8 s of real speech at 16 kHz, whole chunks
+    fed, toks, audio = _live_run(lm, prompt, 6, [1280])
+    assert torch.equal(fed, codec.encode(prompt))
+    steps = list(generate_steps(lm, [fed[0]], 6, seed=3))
+    assert torch.equal(toks, torch.cat([t for t, _ in steps], 1))
+    torch.testing.assert_close(audio, torch.cat([a for _, a in steps], 1), atol=1e-4, rtol=1e-4)
+    # Pieces of any length (here 1000 and 333 samples) make the same chunks; pipelining changes nothing.
+    fed2, toks2, audio2 = _live_run(lm, prompt, 6, [1000, 333], pipeline=True)
+    assert torch.equal(fed2, fed) and torch.equal(toks2, toks)
+    torch.testing.assert_close(audio2, audio, atol=1e-5, rtol=1e-5)
+
+
+def test_live_session_continues_across_generate_calls_and_refuses_misuse(lm, utterance):
+    sig, _ = utterance
+    prompt = sig[:, : 8 * lm.codec.chunk_size]
+    _, once, _ = _live_run(lm, prompt, 6, [1280])
+    with lm.live(seed=3) as live:
+        with pytest.raises(wavslm.InputError, match="feed at least one whole chunk"):
+            next(live.generate(2))
+        assert live.feed(prompt[:, :500]).shape == (1, 0)
+        live.feed(prompt[:, 500:])
+        twice = torch.cat([t for t, _ in [*live.generate(2), *live.generate(4)]], 1)
+        stopped = live.generate(3)
+        next(stopped)
+        stopped.close()  # abandoned mid-way
+        with pytest.raises(wavslm.InputError, match="stopped mid-step"):
+            live.feed(prompt)
+    assert torch.equal(twice, once)

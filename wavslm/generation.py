@@ -7,6 +7,7 @@ so every step's audio is final as soon as it is decoded.
 """
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import torch
@@ -138,6 +139,43 @@ def _num_steps(lm: "WavSLM", prompt_len: int, max_gen_secs: float | None, max_ge
     return steps
 
 
+def _generators(B: int, seed: int | None, device: torch.device) -> list[torch.Generator | None]:
+    # One generator per row, seeded `seed + row`: a row's continuation does not depend on its batch.
+    return [None] * B if seed is None else [torch.Generator(device=device).manual_seed(seed + b) for b in range(B)]
+
+
+def _sample(lm: "WavSLM", session: CodecStream, feats: Tensor, sampling: tuple, generators: list):
+    """The next 4 tokens `(B, 4)` from the last 4 positions' logits, and their decompressed features."""
+    temp, top_p, top_k = sampling
+    logits = lm.logits(feats[:, -lm.toks_per_step :])
+    new = torch.stack([sample_next_token(logits[b], temp, top_p, top_k, gen) for b, gen in enumerate(generators)])
+    return new, session.dequantize(new)
+
+
+def _decode_and_read(lm: "WavSLM", session: CodecStream, new: Tensor, qfeats: Tensor, state,
+                     pool: ThreadPoolExecutor | None):
+    """Yield the step's `(toks, audio)`, then return the LM's `(feats, state)` after reading `qfeats`.
+
+    The waveform decoder and the LM's next step both need only `qfeats`; with a `pool` the LM runs on
+    its thread while this one decodes (on 2 cores the two overlap; the outputs are the same). The audio
+    is yielded as soon as it is decoded, before waiting for the LM.
+    """
+    if pool is not None:
+        ahead = pool.submit(_lm_step, lm, qfeats, state)
+        try:
+            yield new, session.synthesize(qfeats)
+        finally:
+            result = ahead.result()
+        return result
+    yield new, session.synthesize(qfeats)
+    return lm.encoder(qfeats, state)
+
+
+@torch.inference_mode()
+def _lm_step(lm: "WavSLM", qfeats: Tensor, state):
+    return lm.encoder(qfeats, state)
+
+
 @torch.inference_mode()
 def generate_steps(
     lm: "WavSLM",
@@ -147,27 +185,103 @@ def generate_steps(
     top_k: int | None = None,
     temp: float = 0.8,
     seed: int | None = None,
+    pipeline: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Continue token prompts (rows from `prompt_tokens`) for `steps` steps.
 
-    Yields `(toks (B, C), audio (B, C * hop))` per step, as soon as the step's audio is decoded and
-    before the LM computes the next step. Row b samples with its own generator seeded `seed + b`.
+    Yields `(toks (B, C), audio (B, C * hop))` per step, as soon as the step's audio is decoded.
+    Row b samples with its own generator seeded `seed + b`. `pipeline`: see `_decode_and_read`.
     """
     check_sampling(top_p, top_k, temp)
     lm._require_codec()
     device = next(lm.parameters()).device
-    B, C = len(prompts), lm.toks_per_step
-    # One generator per row, seeded `seed + row`: a row's continuation does not depend on its batch.
-    generators = [None] * B if seed is None else [torch.Generator(device=device).manual_seed(seed + b) for b in range(B)]
+    generators = _generators(len(prompts), seed, device)
     session, feats, state = _start(lm, prompts, device)
-    with session:
-        for step in range(steps):
-            logits = lm.logits(feats[:, -C:])
-            new = torch.stack([sample_next_token(logits[b], temp, top_p, top_k, generators[b]) for b in range(B)])
-            qfeats = session.dequantize(new)
-            yield new, session.synthesize(qfeats)
-            if step + 1 < steps:
-                feats, state = lm.encoder(qfeats, state)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="wavslm-lm") if pipeline else None
+    try:
+        with session:
+            for step in range(steps):
+                new, qfeats = _sample(lm, session, feats, (temp, top_p, top_k), generators)
+                if step + 1 == steps:  # nothing reads the last step's features
+                    yield new, session.synthesize(qfeats)
+                else:
+                    feats, state = yield from _decode_and_read(lm, session, new, qfeats, state, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+class LiveSession:
+    """Continue speech while it is still arriving: `feed` prompt audio as it comes (any lengths), then
+    `generate`. Every complete 80 ms chunk is encoded, decompressed, run through the waveform decoder
+    (to carry its state) and through the LM as soon as it arrives, so when the prompt ends only one step
+    stands between it and the first audio of the continuation.
+
+    Feeding a prompt of whole chunks equals `generate_steps` on its tokens (the same continuation for the
+    same seed); samples of a last incomplete chunk are never heard by the LM. Use as a context manager
+    or call `close()`; one session serves one conversation (`batch_size` rows fed together).
+    """
+
+    def __init__(self, lm: "WavSLM", batch_size: int = 1, top_p: float | None = 0.3, top_k: int | None = None,
+                 temp: float = 0.8, seed: int | None = None, pipeline: bool = False):
+        check_sampling(top_p, top_k, temp)
+        self.lm, self.codec = lm, lm._require_codec()
+        self.sampling, self.pipeline = (temp, top_p, top_k), pipeline
+        device = next(lm.parameters()).device
+        self.generators = _generators(batch_size, seed, device)
+        self.session = self.codec.streaming(batch_size=batch_size)
+        self.feats: Tensor | None = None
+        self.state = None
+        self.prompt_tokens = 0
+        self.interrupted = False
+
+    def __enter__(self) -> "LiveSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.session.reset()
+        self.feats = self.state = None
+
+    @torch.inference_mode()
+    def feed(self, sig: Tensor) -> Tensor:
+        """Append prompt audio `sig (B, n)` at the codec's input rate; returns the tokens of the chunks it
+        completed `(B, 4k)`, which the LM has already read. (Feeding after `generate` continues the
+        conversation: the LM hears the new audio after its own continuation.)"""
+        if self.interrupted:
+            raise InputError("this live session's last generate was stopped mid-step; open a new session")
+        toks = self.session.encode(sig)
+        if toks.shape[1]:
+            qfeats = self.session.dequantize(toks)
+            self.session.synthesize(qfeats)  # the prompt's audio is not returned; the decoder's state is kept
+            self.feats, self.state = self.lm.encoder(qfeats, self.state)
+            self.prompt_tokens += toks.shape[1]
+        return toks
+
+    @torch.inference_mode()
+    def generate(self, steps: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Continue what was fed for `steps` steps of 4 tokens: yields `(toks (B, 4), audio (B, 4 * hop))`.
+        Calling it again continues the continuation."""
+        if self.feats is None:
+            raise InputError(f"feed at least one whole chunk of prompt audio ({self.codec.chunk_size} samples at "
+                             f"{self.codec.sample_rate_input} Hz) before generating")
+        if steps < 1:
+            raise InputError("steps must be at least 1")
+        if self.interrupted:
+            raise InputError("this live session's last generate was stopped mid-step; open a new session")
+        pool = ThreadPoolExecutor(1, thread_name_prefix="wavslm-lm") if self.pipeline else None
+        self.interrupted = True  # until every step below has been read by the LM
+        try:
+            for _ in range(steps):  # the LM reads every step's tokens, so a further call continues from them
+                new, qfeats = _sample(self.lm, self.session, self.feats, self.sampling, self.generators)
+                self.feats, self.state = yield from _decode_and_read(self.lm, self.session, new, qfeats, self.state,
+                                                                     pool)
+            self.interrupted = False
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
 
 def _continue(lm, bos_sig, sample_rate, bos_toks, max_gen_secs, max_gen_toks, top_p, top_k, temp, seed):

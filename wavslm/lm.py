@@ -139,6 +139,13 @@ class WavSLM(nn.Module):
 
         return stream(self, *args, **kwargs)
 
+    def live(self, batch_size: int = 1, **kwargs: Any):
+        """A session that reads prompt audio as it arrives and then continues it; see
+        `wavslm.generation.LiveSession` (keywords: top_p, top_k, temp, seed, pipeline)."""
+        from .generation import LiveSession
+
+        return LiveSession(self, batch_size, **kwargs)
+
     # ---- loading and saving -----------------------------------------------------------------------
 
     @classmethod
