@@ -13,12 +13,13 @@ from wavslm.optimize import optimize_for_inference
 
 
 def test_bench_cli_reports_every_figure(tmp_path, capsys):
-    assert main(["bench", "--size", "tiny", "--seconds", "1", "--steps", "3", "--batch", "1", "2",
+    assert main(["bench", "--size", "tiny", "--seconds", "1", "--steps", "3", "--batch", "1", "2", "--pipeline",
                  "-o", str(tmp_path / "b.json")]) == 0
     report = json.loads((tmp_path / "b.json").read_text())
-    assert [r["batch"] for r in report["runs"]] == [1, 2]
+    assert [r["batch"] for r in report["runs"]] == [1, 2] and report["pipeline"]
     for row in report["runs"]:
-        for key in ("prefill_s", "decode_tok_s", "codec_encode_rtf", "codec_decode_rtf", "stream_rtf", "first_audio_ms"):
+        for key in ("prefill_s", "decode_tok_s", "codec_encode_rtf", "codec_decode_rtf", "prompt_rtf", "stream_rtf",
+                    "first_audio_ms"):
             assert row[key] > 0, key
     assert report["peak_rss_mb"] > report["lm_weight_mb"] > 0
     assert "decode_tok_s" in capsys.readouterr().out
@@ -61,3 +62,13 @@ def test_bad_conversion_settings_are_refused():
         optimize_for_inference(lm, quantize="int4")
     with pytest.raises(ValueError, match="use dtype float32"):
         optimize_for_inference(lm, dtype="bfloat16", quantize="int8")
+
+
+def test_weight_bytes_count_the_packed_int8_weights():
+    from wavslm.benchmark import weight_bytes
+
+    lm = build("tiny")
+    before = weight_bytes(lm.encoder)
+    optimize_for_inference(lm, quantize="int8")
+    after = weight_bytes(lm.encoder)
+    assert 0.2 * before < after < 0.5 * before, (before, after)  # int8 linears, float norms and biases

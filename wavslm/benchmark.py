@@ -4,7 +4,8 @@ the original implementation on the same weights.
 What it measures, for each batch size: LM prefill of a 3 s prompt, LM decode tokens/s (4 tokens per step
 with the key/value cache), codec encode and decode real-time factors (offline, 10 s), and end-to-end
 streaming generation (the prompt encoded 80 ms at a time, then the LM and the codec's decoder step by
-step): its real-time factor and the time to the first audio after the prompt is encoded. Peak memory is
+step, as a `LiveSession` does it: the LM reads the prompt as it arrives): the prompt's real-time factor,
+the continuation's, and the time from the prompt's last chunk to the first audio. Peak memory is
 the process's resident high-water mark, next to the bytes of the weights.
 
 `--reference DIR` points at a checkout of the original sources (DIR holds `wavslm.py` from
@@ -24,7 +25,7 @@ import torch
 
 from .codec import Codec
 from .lm import WavSLM
-from .optimize import optimize_for_inference
+from .optimize import Int8Linear, optimize_for_inference
 from .presets import focalcodec_stream, wavslm_paper
 
 
@@ -131,35 +132,41 @@ def codec_speed(codec: Codec, batch: int, seconds: float = 10.0) -> dict:
     return {"codec_encode_rtf": encode / seconds, "codec_decode_rtf": decode / seconds}
 
 
-@torch.inference_mode()
-def streaming_speed(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds: float = 10.0) -> dict:
-    """The prompt encoded 80 ms at a time, then generation with audio out each step (seeded sampling)."""
-    from .generation import generate_steps
+def streaming_speed(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds: float = 10.0,
+                    pipeline: bool = False) -> dict:
+    """Live streaming: the prompt fed 80 ms at a time to a `LiveSession` (encoded, decompressed and read by
+    the LM as it arrives), then the continuation with audio out every step (seeded sampling).
 
+    `prompt_rtf`: seconds spent per second of prompt fed (below 1, a live speaker is kept up with);
+    `first_audio_ms`: from the prompt's last chunk being fed to the continuation's first audio;
+    `stream_rtf`: the continuation's wall time per second of audio.
+    """
     codec = lm.codec
     sig = torch.randn(batch, int(prompt_seconds * codec.sample_rate_input), generator=torch.Generator().manual_seed(3))
     chunk = codec.chunk_size
-    start = time.perf_counter()
-    with codec.streaming(batch_size=batch) as session:
-        toks = torch.cat([session.encode(sig[:, i : i + chunk]) for i in range(0, sig.shape[1], chunk)], dim=1)
-    toks = toks[:, toks.shape[1] % 4 :]
-    encoded = time.perf_counter()
     steps = int(seconds * codec.frame_rate) // lm.toks_per_step
-    first = None
-    for _ in generate_steps(lm, list(toks), steps, 0.3, None, 0.8, 0):
-        first = first if first is not None else time.perf_counter() - encoded
-    elapsed = time.perf_counter() - encoded
-    return {"prompt_encode_rtf": (encoded - start) / prompt_seconds, "stream_rtf": elapsed / seconds,
+    with lm.live(batch_size=batch, top_p=0.3, temp=0.8, seed=0, pipeline=pipeline) as live:
+        start = time.perf_counter()
+        for i in range(0, sig.shape[1], chunk):
+            live.feed(sig[:, i : i + chunk])
+        fed = time.perf_counter()
+        first = None
+        for _ in live.generate(steps):
+            first = first if first is not None else time.perf_counter() - fed
+        elapsed = time.perf_counter() - fed
+    return {"prompt_rtf": (fed - start) / prompt_seconds, "stream_rtf": elapsed / seconds,
             "first_audio_ms": first * 1000}
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+    """Bytes of `module`'s parameters and buffers, plus the packed weights of its int8 linears."""
+    packed = sum(getattr(m, "weight_bytes", 0) for m in module.modules() if isinstance(m, Int8Linear))
+    return packed + sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
 def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str = "float32",
               quantize: str = "none", reference: str | None = None, steps: int = 25, seconds: float = 10.0,
-              compile: bool = False) -> dict:
+              compile: bool = False, pipeline: bool = False) -> dict:
     lm = build(size)
     qfeats_full = lm.codec.dequantize(torch.randint(0, lm.config.vocab_size, (max(batches), 148),
                                                     generator=torch.Generator().manual_seed(4)))
@@ -172,6 +179,7 @@ def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str
         max_diff = (exact - theirs).abs().max().item()
     optimize_for_inference(lm, dtype=dtype, quantize=quantize, compile=compile)
     report = {"size": size, "dtype": dtype, "quantize": quantize, "threads": torch.get_num_threads(),
+              "pipeline": pipeline,
               "lm_weight_mb": (weight_bytes(lm) - weight_bytes(lm.codec)) / 2**20,  # the codec is a submodule
               "codec_weight_mb": weight_bytes(lm.codec) / 2**20, "runs": []}
     if ref is not None:
@@ -186,7 +194,7 @@ def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str
             row.update({f"reference_{k}": v for k, v in theirs_speed.items()})
             row["decode_speedup"] = row["decode_tok_s"] / theirs_speed["decode_tok_s"]
         row.update(codec_speed(lm.codec, batch, seconds))
-        row.update(streaming_speed(lm, batch, seconds=seconds))
+        row.update(streaming_speed(lm, batch, seconds=seconds, pipeline=pipeline))
         report["runs"].append(row)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
@@ -194,13 +202,13 @@ def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str
 
 def format_report(report: dict) -> str:
     head = (f"size {report['size']}, dtype {report['dtype']}, quantize {report['quantize']}, "
-            f"{report['threads']} threads; weights: LM {report['lm_weight_mb']:.0f} MB, codec "
+            f"{report['threads']} threads, pipeline {'on' if report['pipeline'] else 'off'}; weights: LM {report['lm_weight_mb']:.0f} MB, codec "
             f"{report['codec_weight_mb']:.0f} MB; peak RSS {report['peak_rss_mb']:.0f} MB")
     if "max_logit_diff_vs_reference" in report:
         head += (f"\nmax |logit - original's|: {report['max_logit_diff_vs_reference']:.2e} "
                  f"(float32 before conversion: {report['max_logit_diff_vs_reference_float32']:.2e})")
     cols = ["batch", "prefill_s", "decode_tok_s", "reference_decode_tok_s", "decode_speedup", "codec_encode_rtf",
-            "codec_decode_rtf", "stream_rtf", "first_audio_ms"]
+            "codec_decode_rtf", "prompt_rtf", "stream_rtf", "first_audio_ms"]
     cols = [c for c in cols if any(c in r for r in report["runs"])]
     lines = [head, " | ".join(cols)]
     for r in report["runs"]:

@@ -33,6 +33,8 @@ class Int8Linear(nn.Module):
             qweight = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
             self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        # What the packed weight holds (it is not a parameter or buffer): int8 values, scales, float bias.
+        self.weight_bytes = weight.numel() + scales.numel() * scales.element_size() + (0 if bias is None else 4 * bias.numel())
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
