@@ -165,6 +165,22 @@ def test_config_errors_name_the_problem(chain, setup, tmp_path):
             "codec.compressor_config.output_dim=7", "codec.decompressor_config.input_dim=7"])
 
 
+def test_the_decoder_fine_tunes_on_the_codec_s_own_tokens_and_nothing_else_moves(chain, setup, tmp_path):
+    _, config, _ = setup
+    joint = chain["joint"] / "export"
+    run = tmp_path / "finetune"
+    train("codec", run, config, ["step=decoder", "decoder_input=codec", f"init_from={joint}", "train.steps=8",
+                                 "train.lr=1e-3", "train.valid_every=8", "train.save_every=8"])
+    changed = moved(weights(chain["joint"]), weights(run))
+    assert changed and all(k.startswith("decoder.") for k in changed)
+    mel = curve(run, "mel")
+    assert len(mel) == 8 and all(v == v for v in mel)
+    with pytest.raises(InputError, match="decoder_input codec fine-tunes the decoder of a trained codec"):
+        train("codec", tmp_path / "a", config, ["step=decoder", "decoder_input=codec"])
+    with pytest.raises(InputError, match="decoder_input must be teacher or codec"):
+        train("codec", tmp_path / "b", config, ["decoder_input=tokens"])
+
+
 @pytest.mark.slow
 def test_two_process_ddp_decoder_matches_one_process(setup, tmp_path):
     """The GAN under DDP: the generator's adversarial pass uses the raw, frozen discriminator."""

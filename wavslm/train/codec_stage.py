@@ -3,6 +3,7 @@
 One run trains one sub-stage (`step`); the next starts from its export through `init_from`:
 
     decoder    WaveNeXt (GAN: mel + hinge + feature matching vs MPD + MSD) on the teacher's features
+               (`decoder_input: codec`: on the trained codec's own decompressed tokens, a fine-tune after joint)
     posemb     causal positional convolution, distilled from the teacher's (same input, its output)
     encoder    causal WavLM (teacher's first layers, chunked attention), layer-wise MSE to the teacher
     quantizer  compressor + BSQ + decompressor without refiner, on the frozen causal encoder's features
@@ -104,6 +105,7 @@ class CodecStageConfig:
     codec: dict = field(default_factory=_paper_codec)  # CodecConfig keys; {} with init_from: take its config
     init_from: str = ""  # a previous run's export folder (or any codec folder / hub id); "" for fresh
     decoder_from: str = ""  # optional: take the decoder from this export (a decoder run done in parallel)
+    decoder_input: str = "teacher"  # step decoder: teacher (the recipe) | codec (fine-tune on its own tokens)
     data: CodecDataConfig = field(default_factory=CodecDataConfig)
     loss: CodecLossConfig = field(default_factory=CodecLossConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -135,6 +137,11 @@ class CodecStage:
     def __init__(self, cfg: CodecStageConfig, device: torch.device):
         if cfg.step not in STEPS:
             raise InputError(f"codec stage: step must be one of {', '.join(STEPS)}, got {cfg.step!r}")
+        if cfg.decoder_input not in ("teacher", "codec"):
+            raise InputError(f"codec stage: decoder_input must be teacher or codec, got {cfg.decoder_input!r}")
+        if cfg.decoder_input == "codec" and (cfg.step != "decoder" or not cfg.init_from):
+            raise InputError("codec stage: decoder_input codec fine-tunes the decoder of a trained codec: it needs "
+                             "step decoder and init_from (e.g. the joint sub-stage's export)")
         if not cfg.data.train:
             raise InputError("codec stage: data.train (a JSONL manifest of audio files) is required")
         self.cfg, self.step = cfg, cfg.step
@@ -302,9 +309,13 @@ class CodecStage:
         return {"n_fft": loss.mel_n_fft, "hop": self.codec.decoder.hop_length, "n_mels": loss.mel_bands}
 
     def _decoder_pair(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Teacher features of the crop's middle `(B, S, D)` and the matching waveform `(B, S * hop)`."""
+        """Features of the crop's middle `(B, S, D)` and the matching waveform `(B, S * hop)`: the teacher's,
+        or with `decoder_input: codec` the codec's own decompressed tokens (what the decoder meets in use)."""
         with torch.no_grad():
-            feats, _ = self.teacher(batch["sig_in"])
+            if self.cfg.decoder_input == "codec":
+                feats = self.codec.dequantize(self.codec.encode(batch["sig_in"]))
+            else:
+                feats, _ = self.teacher(batch["sig_in"])
         start, hop = self.context, self.codec.decoder.hop_length
         size = min(self.frames, feats.shape[1] - start)  # without context the last frame lacks its window
         return feats[:, start : start + size], batch["sig"][:, start * hop : (start + size) * hop]
