@@ -12,7 +12,7 @@ from wavslm.recipe import CODEC_STEPS, resolve_recipe
 # The tiny preset's architecture with a few steps per stage and a few minutes of corpus.
 MICRO = [
     "recipe.corpus.hours=0.04", "recipe.bench.pairs=4", "recipe.eval.codec_files=2", "recipe.eval.prompts=1",
-    "recipe.eval.seconds=1.0",
+    "recipe.eval.seconds=1.0", "recipe.eval.stage_files=2",
     "ssl.train.steps=4", "ssl.train.valid_every=4", "ssl.train.log_every=1", "ssl.targets.iters=5",
     "codec.train.batch_size=4", "codec.train.valid_batches=1", "codec.data.max_seconds=4.0",
     "lm.train.steps=6", "lm.train.valid_every=6", "lm.train.batch_size=4", "lm.data.crop_tokens=64",
@@ -43,6 +43,9 @@ def test_every_stage_ran_and_the_report_holds_every_metric(run):
     codec = report["eval"]["codec"]
     assert codec["num_files"] == 2 and -1.0 <= codec["mean"]["stoi"] <= 1.0 and codec["bitrate_bps"] == 400
     assert report["eval"]["generation"]["num_continuations"] == 1
+    stoi = report["codec_stoi_by_stage"]  # measured after each codec sub-stage, along the path it trained
+    assert list(stoi) == list(CODEC_STEPS) and all(-1.0 <= v <= 1.0 for v in stoi.values())
+    assert json.loads((run / "run" / "codec_joint" / "stoi.json").read_text()) == {"stoi": stoi["joint"], "files": 2}
 
 
 def test_a_second_run_skips_every_finished_stage(run, capsys):
@@ -58,6 +61,7 @@ def test_the_bundle_loads_generates_and_has_a_model_card(run, tmp_path):
     bundle = run / "bundle"
     card = (bundle / "README.md").read_text()
     assert "wavslm recipe tiny" in card and "lexical accuracy" in card and "codec STOI" in card
+    assert "STOI after each codec sub-stage" in card and "256 codes (8 bits, 400 b/s)" in card
     lm = WavSLM.from_pretrained(bundle / "lm")
     codec = Codec.from_pretrained(bundle / "codec")
     assert (codec.frame_rate, codec.vocab_size, lm.toks_per_step) == (50, 256, 4)

@@ -1,5 +1,5 @@
 """configs/tiny.yaml at its real sizes: every stage runs a few steps on real speech, chained as the recipe
-chains them (ssl -> the five codec sub-stages -> tokenize -> lm), and each one's loss falls."""
+chains them (ssl -> the six codec sub-stages -> tokenize -> lm), and each one's loss falls."""
 
 import json
 
@@ -20,7 +20,7 @@ MICRO = [
     *(f"lm.{o}" for o in FEW), "lm.train.steps=40", "lm.train.batch_size=4", "lm.train.valid_every=40",
     "lm.data.random_crop=false", "lm.data.crop_tokens=64",
 ]
-STEPS = {"decoder": 20, "posemb": 15, "encoder": 15, "quantizer": 20, "joint": 15}
+STEPS = {"decoder": 20, "posemb": 15, "encoder": 15, "quantizer": 20, "joint": 15, "finetune": 15}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_each_stage_of_the_tiny_preset_learns(run, stage, key, ratio):
 
 
 def test_the_chain_exports_the_tiny_model_at_its_preset_sizes(run):
-    codec = Codec.from_pretrained(run / "codec_joint" / "export" / "codec")
+    codec = Codec.from_pretrained(run / "codec_finetune" / "export" / "codec")
     assert (codec.frame_rate, codec.vocab_size, codec.sample_rate_output) == (50, 256, 16000)
     assert codec.chunk_size == 1280  # 80 ms: 4 tokens per streaming step
     lm = WavSLM.from_pretrained(run / "lm" / "export" / "lm")

@@ -1,6 +1,7 @@
 """`wavslm recipe`: the whole stack from nothing, stage by stage, in one run folder.
 
-    corpus -> ssl -> codec (decoder, posemb, encoder, quantizer, joint) -> tokenize -> lm -> bench -> eval -> report
+    corpus -> ssl -> codec (decoder, posemb, encoder, quantizer, joint, finetune) -> tokenize -> lm -> bench -> eval
+    -> report
 
 Every stage writes into its own sub-folder of RUN and is skipped once done, so running the same command
 again after a kill continues where it stopped (a stage cut mid-training resumes from its last checkpoint).
@@ -24,7 +25,8 @@ from .train.run import apply_overrides, read_yaml, train
 
 log = logging.getLogger("wavslm.recipe")
 
-CODEC_STEPS = ("decoder", "posemb", "encoder", "quantizer", "joint")
+# The codec's sub-stages in order; `finetune` is the decoder stage again, on the trained codec's own tokens.
+CODEC_STEPS = ("decoder", "posemb", "encoder", "quantizer", "joint", "finetune")
 PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -48,6 +50,7 @@ class EvalConfig:
     prompt_seconds: float = 3.0
     seconds: float = 3.0
     batch_size: int = 16
+    stage_files: int = 8  # held-out utterances whose STOI is measured after each codec sub-stage (0: none)
 
 
 @dataclass
@@ -156,13 +159,23 @@ class Recipe:
     def train_codec(self, step: str) -> None:
         index = CODEC_STEPS.index(step)
         chain = [f"init_from={self.run_dir / f'codec_{CODEC_STEPS[index - 1]}' / 'export'}"] if index else []
-        overrides = [f"step={step}", f"teacher={self.run_dir / 'ssl' / 'export'}", *self._data(), *chain,
+        kind = ["step=decoder", "decoder_input=codec"] if step == "finetune" else [f"step={step}"]
+        overrides = [*kind, f"teacher={self.run_dir / 'ssl' / 'export'}", *self._data(), *chain,
                      *self.recipe.codec_steps.get(step, [])]
         self._train("codec", self.run_dir / f"codec_{step}", overrides)
+        if self.recipe.eval.stage_files:
+            from .eval.recipe_eval import held_out_files, stage_stoi
+
+            layers = self.sections.get("codec", {}).get("teacher_layers", 6)
+            files = held_out_files(self.corpus / "test.jsonl", self.recipe.eval.stage_files)
+            score = stage_stoi("joint" if step == "finetune" else step, self.run_dir / f"codec_{step}" / "export" / "codec",
+                               self.run_dir / "ssl" / "export", layers, files)
+            _write_json(self.run_dir / f"codec_{step}" / "stoi.json", {"stoi": score, "files": len(files)})
+            print(f"recipe: codec {step}: STOI {score:.3f} on {len(files)} held-out utterances", flush=True)
 
     @property
     def codec_dir(self) -> Path:
-        return self.run_dir / "codec_joint" / "export" / "codec"
+        return self.run_dir / f"codec_{CODEC_STEPS[-1]}" / "export" / "codec"
 
     def tokenize(self) -> None:
         from .codec import Codec
@@ -203,8 +216,10 @@ class Recipe:
 
     def report(self) -> dict:
         evaluation = json.loads((self.run_dir / "eval.json").read_text())
+        stoi = {step: json.loads(path.read_text())["stoi"] for step in CODEC_STEPS
+                if (path := self.run_dir / f"codec_{step}" / "stoi.json").is_file()}
         report = {"run_dir": str(self.run_dir), "seconds": self.timings,
-                  "total_seconds": sum(self.timings.values()), "eval": evaluation}
+                  "total_seconds": sum(self.timings.values()), "codec_stoi_by_stage": stoi, "eval": evaluation}
         _write_json(self.run_dir / "report.json", report)
         return report
 
@@ -239,6 +254,17 @@ def _corpus_line(corpus: dict) -> str:
             f"{corpus['lexicon_words']} words over {len(corpus['topics'])} topics; made in {corpus['generation_seconds']:.0f} s.")
 
 
+def _codec_line(folder: Path) -> str:
+    from .codec import Codec
+
+    codec = Codec.from_pretrained(folder)
+    bits = codec.vocab_size.bit_length() - 1
+    return (f"{'causal' if codec.causal else 'non-causal'}, {codec.frame_rate:g} tokens/s, {codec.vocab_size} codes "
+            f"({bits} bits, {codec.frame_rate * bits:g} b/s), {codec.sample_rate_input // 1000} kHz in, "
+            f"{codec.sample_rate_output / 1000:g} kHz out, {1000 * codec.chunk_size / codec.sample_rate_input:g} ms "
+            f"streaming steps")
+
+
 def _metric(evaluation: dict, where: str, key: str) -> float:
     if where == "codec":
         return evaluation["codec"]["mean"][key]
@@ -267,7 +293,7 @@ def model_card(report: dict, run_dir: Path, folder: Path, command: str) -> str:
         *[f"| {k} | {v:.0f} |" for k, v in report["seconds"].items()], "",
         "## Size", "",
         f"- codec: {params(folder / 'codec' / 'model.safetensors') / 1e6:.2f} M parameters ({sizes['codec']:.1f} MB), "
-        "causal, 50 tokens/s, 256 codes (8 bits, 400 b/s), 16 kHz in and out, 80 ms streaming steps",
+        f"{_codec_line(folder / 'codec')}",
         f"- LM: {params(folder / 'lm' / 'model.safetensors') / 1e6:.2f} M parameters ({sizes['lm']:.1f} MB), "
         "next-chunk prediction (4 tokens per step, lookahead 3), initialised from the teacher's upper layers", "",
         "## Quality on the held-out synthetic suite", "",
@@ -284,6 +310,11 @@ def model_card(report: dict, run_dir: Path, folder: Path, command: str) -> str:
               f"(WER against {e['codec']['wer_reference']}):", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in e["codec"]["mean"].items() if isinstance(v, float)]
     lines += [f"| codebook {k} | {v:.3f} |" for k, v in e["codec"]["codebook_usage"].items()]
+    if report.get("codec_stoi_by_stage"):
+        lines += ["", "STOI after each codec sub-stage, on held-out utterances, along the path that sub-stage trained "
+                  "(decoder: the teacher's own features; encoder: the causal encoder's, unquantised; quantizer and "
+                  "joint: through the tokens):", "", "| sub-stage | STOI |", "|---|---|",
+                  *[f"| {k} | {v:.3f} |" for k, v in report["codec_stoi_by_stage"].items()]]
     g = e["generation"]
     lines += ["", f"Generation: {g['num_continuations']} continuations of {g['settings']['prompt_seconds']} s "
               f"held-out prompts, {g['settings']['seconds']} s each (top-p {g['settings']['top_p']}, "

@@ -34,6 +34,41 @@ def held_out_files(manifest: str | Path, count: int) -> list[Path]:
     return files
 
 
+def stage_stoi(step: str, codec_ref: str | Path, teacher_ref: str | Path, teacher_layers: int,
+               files: list[Path]) -> float:
+    """Mean STOI of `files` resynthesised along the path codec sub-stage `step` trained, so a run shows
+    where intelligibility is lost: decoder: the teacher's features -> decoder (the codec's ceiling);
+    posemb/encoder: the causal encoder's features -> decoder; quantizer: tokens -> decompressor without
+    its refiner -> decoder; joint (and the decoder's fine-tune after it): the whole codec."""
+    import torch
+
+    from ..audio import load_audio, resample
+    from ..codec import Codec
+    from ..train.codec_steps import load_teacher, without_refiner
+    from . import metrics
+
+    codec = Codec.from_pretrained(codec_ref).eval()
+    teacher = load_teacher(str(teacher_ref), teacher_layers) if step == "decoder" else None
+    scores = []
+    for path in files:
+        sig, _ = load_audio(path, sample_rate=codec.sample_rate_input, mono=True)
+        with torch.inference_mode():
+            if step == "decoder":
+                out = codec.decoder(teacher(sig)[0])[0]
+            elif step in ("posemb", "encoder"):
+                out = codec.decoder(codec.encoder(sig)[0])[0]
+            elif step == "quantizer":
+                qfeats = without_refiner(codec.decompressor)(codec.quantizer.toks_to_codes(codec.encode(sig)))[0]
+                out = codec.decoder(qfeats)[0]
+            else:
+                out = codec.decode(codec.encode(sig))
+        ref = resample(sig.reshape(-1), codec.sample_rate_input, metrics.RATE)
+        rec = resample(out.reshape(-1), codec.sample_rate_output, metrics.RATE)
+        n = min(len(ref), len(rec))
+        scores.append(metrics.stoi(ref[:n].numpy(), rec[:n].numpy(), metrics.RATE))
+    return sum(scores) / len(scores)
+
+
 def evaluate_run(lm_dir: str | Path, test_manifest: str | Path, bench_dir: str | Path | None, cfg) -> dict:
     """All the recipe's metrics for the model in `lm_dir` (its codec is found beside it)."""
     from ..lm import WavSLM
