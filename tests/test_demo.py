@@ -31,6 +31,8 @@ def test_demo_on_the_bundled_model_writes_every_file(tmp_path, capsys):
     assert report["model"].startswith("bundled")
     for r in report["prompts"].values():
         assert r["continuation_seconds"] == pytest.approx(2.0) and r["real_time_factor"] > 0
-        assert 1.0 <= r["dnsmos"]["ovrl"] <= 5.0 and -1.0 <= r["speaker_similarity_prompt_continuation"] <= 1.0
+        # DNSMOS maps its network's output through a fitted polynomial, which falls below 1 for the poorest
+        # audio (0.93 measured on a 2 s continuation of the bundled model).
+        assert 0.0 < r["dnsmos"]["ovrl"] <= 5.0 and -1.0 <= r["speaker_similarity_prompt_continuation"] <= 1.0
     assert (out / "report.md").is_file()
     assert str(out.resolve()) in capsys.readouterr().out
