@@ -41,3 +41,22 @@ def test_cache_writes_in_place_and_compacts_only_when_full():
     # A call with more new frames than the capacity grows the buffer once.
     k, _ = cache.append(torch.zeros(1, 1, 20, 1), torch.zeros(1, 1, 20, 1), keep_from=100)
     assert cache.capacity >= 20 and k.shape[2] == 20
+
+
+def test_few_frame_positional_convolution_equals_the_convolution():
+    from wavslm.modules.transformer import ConvPositionalEmbedding, _grouped_conv_as_matmul
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(32, 32, 8, groups=4)
+    for batch, frames in [(1, 1), (1, 4), (2, 5), (3, 8)]:
+        x = torch.randn(batch, 32, frames + 7)
+        torch.testing.assert_close(_grouped_conv_as_matmul(x, conv), conv(x), atol=1e-5, rtol=1e-5)
+    # A causal stream fed 4 frames at a time (the matmul) equals one pass over the whole (the convolution).
+    pos = ConvPositionalEmbedding(32, 8, 4, causal=True)
+    x = torch.randn(2, 40, 32)
+    whole, _ = pos(x)
+    state, pieces = None, []
+    for i in range(0, 40, 4):
+        y, state = pos(x[:, i : i + 4], state)
+        pieces.append(y)
+    torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=1e-5, rtol=1e-5)

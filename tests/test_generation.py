@@ -123,8 +123,8 @@ def test_live_session_equals_generation_on_the_same_prompt(lm, utterance):
     steps = list(generate_steps(lm, [fed[0]], 6, seed=3))
     assert torch.equal(toks, torch.cat([t for t, _ in steps], 1))
     torch.testing.assert_close(audio, torch.cat([a for _, a in steps], 1), atol=1e-4, rtol=1e-4)
-    # Pieces of any length (here 1000 and 333 samples) make the same chunks; pipelining changes nothing.
-    fed2, toks2, audio2 = _live_run(lm, prompt, 6, [1000, 333], pipeline=True)
+    # Pieces of any length (here 1000 and 333 samples) make the same chunks.
+    fed2, toks2, audio2 = _live_run(lm, prompt, 6, [1000, 333])
     assert torch.equal(fed2, fed) and torch.equal(toks2, toks)
     torch.testing.assert_close(audio2, audio, atol=1e-5, rtol=1e-5)
 

@@ -132,8 +132,7 @@ def codec_speed(codec: Codec, batch: int, seconds: float = 10.0) -> dict:
     return {"codec_encode_rtf": encode / seconds, "codec_decode_rtf": decode / seconds}
 
 
-def streaming_speed(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds: float = 10.0,
-                    pipeline: bool = False) -> dict:
+def streaming_speed(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds: float = 10.0) -> dict:
     """Live streaming: the prompt fed 80 ms at a time to a `LiveSession` (encoded, decompressed and read by
     the LM as it arrives), then the continuation with audio out every step (seeded sampling).
 
@@ -145,7 +144,7 @@ def streaming_speed(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds
     sig = torch.randn(batch, int(prompt_seconds * codec.sample_rate_input), generator=torch.Generator().manual_seed(3))
     chunk = codec.chunk_size
     steps = int(seconds * codec.frame_rate) // lm.toks_per_step
-    with lm.live(batch_size=batch, top_p=0.3, temp=0.8, seed=0, pipeline=pipeline) as live:
+    with lm.live(batch_size=batch, top_p=0.3, temp=0.8, seed=0) as live:
         start = time.perf_counter()
         for i in range(0, sig.shape[1], chunk):
             live.feed(sig[:, i : i + chunk])
@@ -166,7 +165,7 @@ def weight_bytes(module: torch.nn.Module) -> int:
 
 def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str = "float32",
               quantize: str = "none", reference: str | None = None, steps: int = 25, seconds: float = 10.0,
-              compile: bool = False, pipeline: bool = False) -> dict:
+              compile: bool = False) -> dict:
     lm = build(size)
     qfeats_full = lm.codec.dequantize(torch.randint(0, lm.config.vocab_size, (max(batches), 148),
                                                     generator=torch.Generator().manual_seed(4)))
@@ -179,7 +178,6 @@ def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str
         max_diff = (exact - theirs).abs().max().item()
     optimize_for_inference(lm, dtype=dtype, quantize=quantize, compile=compile)
     report = {"size": size, "dtype": dtype, "quantize": quantize, "threads": torch.get_num_threads(),
-              "pipeline": pipeline,
               "lm_weight_mb": (weight_bytes(lm) - weight_bytes(lm.codec)) / 2**20,  # the codec is a submodule
               "codec_weight_mb": weight_bytes(lm.codec) / 2**20, "runs": []}
     if ref is not None:
@@ -194,7 +192,7 @@ def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str
             row.update({f"reference_{k}": v for k, v in theirs_speed.items()})
             row["decode_speedup"] = row["decode_tok_s"] / theirs_speed["decode_tok_s"]
         row.update(codec_speed(lm.codec, batch, seconds))
-        row.update(streaming_speed(lm, batch, seconds=seconds, pipeline=pipeline))
+        row.update(streaming_speed(lm, batch, seconds=seconds))
         report["runs"].append(row)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
@@ -202,7 +200,7 @@ def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str
 
 def format_report(report: dict) -> str:
     head = (f"size {report['size']}, dtype {report['dtype']}, quantize {report['quantize']}, "
-            f"{report['threads']} threads, pipeline {'on' if report['pipeline'] else 'off'}; weights: LM {report['lm_weight_mb']:.0f} MB, codec "
+            f"{report['threads']} threads; weights: LM {report['lm_weight_mb']:.0f} MB, codec "
             f"{report['codec_weight_mb']:.0f} MB; peak RSS {report['peak_rss_mb']:.0f} MB")
     if "max_logit_diff_vs_reference" in report:
         head += (f"\nmax |logit - original's|: {report['max_logit_diff_vs_reference']:.2e} "

@@ -171,7 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run_bench(args.size, tuple(args.batch), args.dtype, args.quantize, args.reference, args.steps,
-                       args.seconds, args.compile, args.pipeline)
+                       args.seconds, args.compile)
     print(format_report(report))
     if args.output:
         args.output.write_text(json.dumps(report, indent=2) + "\n")
@@ -329,8 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="LM weights' dtype")
     p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 linear layers (the LM, the codec's decompressor and decoder)")
     p.add_argument("--compile", action="store_true", help="torch.compile the LM's transformer")
-    p.add_argument("--pipeline", action="store_true", help="streaming: the LM's next step on a second thread while "
-                   "the audio of this one is decoded (use with --threads 1 on 2 cores)")
     p.add_argument("--reference", help="a checkout of the original wavslm.py, timed on the same weights")
     p.add_argument("--steps", type=int, default=25, help="decode steps timed (default: 25)")
     p.add_argument("--seconds", type=float, default=10.0, help="audio seconds for codec and streaming (default: 10)")

@@ -7,7 +7,6 @@ so every step's audio is final as soon as it is decoded.
 """
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import torch
@@ -152,27 +151,10 @@ def _sample(lm: "WavSLM", session: CodecStream, feats: Tensor, sampling: tuple, 
     return new, session.dequantize(new)
 
 
-def _decode_and_read(lm: "WavSLM", session: CodecStream, new: Tensor, qfeats: Tensor, state,
-                     pool: ThreadPoolExecutor | None):
-    """Yield the step's `(toks, audio)`, then return the LM's `(feats, state)` after reading `qfeats`.
-
-    The waveform decoder and the LM's next step both need only `qfeats`; with a `pool` the LM runs on
-    its thread while this one decodes (on 2 cores the two overlap; the outputs are the same). The audio
-    is yielded as soon as it is decoded, before waiting for the LM.
-    """
-    if pool is not None:
-        ahead = pool.submit(_lm_step, lm, qfeats, state)
-        try:
-            yield new, session.synthesize(qfeats)
-        finally:
-            result = ahead.result()
-        return result
+def _decode_and_read(lm: "WavSLM", session: CodecStream, new: Tensor, qfeats: Tensor, state):
+    """Yield the step's `(toks, audio)` as soon as the audio is decoded, then return the LM's
+    `(feats, state)` after reading `qfeats` (computed only when the consumer asks for the next step)."""
     yield new, session.synthesize(qfeats)
-    return lm.encoder(qfeats, state)
-
-
-@torch.inference_mode()
-def _lm_step(lm: "WavSLM", qfeats: Tensor, state):
     return lm.encoder(qfeats, state)
 
 
@@ -185,30 +167,24 @@ def generate_steps(
     top_k: int | None = None,
     temp: float = 0.8,
     seed: int | None = None,
-    pipeline: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Continue token prompts (rows from `prompt_tokens`) for `steps` steps.
 
     Yields `(toks (B, C), audio (B, C * hop))` per step, as soon as the step's audio is decoded.
-    Row b samples with its own generator seeded `seed + b`. `pipeline`: see `_decode_and_read`.
+    Row b samples with its own generator seeded `seed + b`.
     """
     check_sampling(top_p, top_k, temp)
     lm._require_codec()
     device = next(lm.parameters()).device
     generators = _generators(len(prompts), seed, device)
     session, feats, state = _start(lm, prompts, device)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="wavslm-lm") if pipeline else None
-    try:
-        with session:
-            for step in range(steps):
-                new, qfeats = _sample(lm, session, feats, (temp, top_p, top_k), generators)
-                if step + 1 == steps:  # nothing reads the last step's features
-                    yield new, session.synthesize(qfeats)
-                else:
-                    feats, state = yield from _decode_and_read(lm, session, new, qfeats, state, pool)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+    with session:
+        for step in range(steps):
+            new, qfeats = _sample(lm, session, feats, (temp, top_p, top_k), generators)
+            if step + 1 == steps:  # nothing reads the last step's features
+                yield new, session.synthesize(qfeats)
+            else:
+                feats, state = yield from _decode_and_read(lm, session, new, qfeats, state)
 
 
 class LiveSession:
@@ -223,10 +199,10 @@ class LiveSession:
     """
 
     def __init__(self, lm: "WavSLM", batch_size: int = 1, top_p: float | None = 0.3, top_k: int | None = None,
-                 temp: float = 0.8, seed: int | None = None, pipeline: bool = False):
+                 temp: float = 0.8, seed: int | None = None):
         check_sampling(top_p, top_k, temp)
         self.lm, self.codec = lm, lm._require_codec()
-        self.sampling, self.pipeline = (temp, top_p, top_k), pipeline
+        self.sampling = (temp, top_p, top_k)
         device = next(lm.parameters()).device
         self.generators = _generators(batch_size, seed, device)
         self.session = self.codec.streaming(batch_size=batch_size)
@@ -271,17 +247,11 @@ class LiveSession:
             raise InputError("steps must be at least 1")
         if self.interrupted:
             raise InputError("this live session's last generate was stopped mid-step; open a new session")
-        pool = ThreadPoolExecutor(1, thread_name_prefix="wavslm-lm") if self.pipeline else None
         self.interrupted = True  # until every step below has been read by the LM
-        try:
-            for _ in range(steps):  # the LM reads every step's tokens, so a further call continues from them
-                new, qfeats = _sample(self.lm, self.session, self.feats, self.sampling, self.generators)
-                self.feats, self.state = yield from _decode_and_read(self.lm, self.session, new, qfeats, self.state,
-                                                                     pool)
-            self.interrupted = False
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+        for _ in range(steps):  # the LM reads every step's tokens, so a further call continues from them
+            new, qfeats = _sample(self.lm, self.session, self.feats, self.sampling, self.generators)
+            self.feats, self.state = yield from _decode_and_read(self.lm, self.session, new, qfeats, self.state)
+        self.interrupted = False
 
 
 def _continue(lm, bos_sig, sample_rate, bos_toks, max_gen_secs, max_gen_toks, top_p, top_k, temp, seed):

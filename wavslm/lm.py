@@ -141,7 +141,7 @@ class WavSLM(nn.Module):
 
     def live(self, batch_size: int = 1, **kwargs: Any):
         """A session that reads prompt audio as it arrives and then continues it; see
-        `wavslm.generation.LiveSession` (keywords: top_p, top_k, temp, seed, pipeline)."""
+        `wavslm.generation.LiveSession` (keywords: top_p, top_k, temp, seed)."""
         from .generation import LiveSession
 
         return LiveSession(self, batch_size, **kwargs)

@@ -72,9 +72,9 @@ def optimize_for_inference(lm, dtype: str = "float32", quantize: str = "none", c
         if _replace_linears(lm.encoder) == 0:
             raise ValueError("no linear layers to quantise")
         lm.head = Int8Linear(lm.head)
-        if lm.codec is not None:  # the per-step codec work: features from tokens, audio from features
-            _replace_linears(lm.codec.decompressor)
-            _replace_linears(lm.codec.decoder)
+        if lm.codec is not None:  # every per-step part of the codec: a live prompt is encoded step by step too
+            for part in (lm.codec.encoder, lm.codec.compressor, lm.codec.decompressor, lm.codec.decoder):
+                _replace_linears(part)
     if compile:
         lm.encoder.forward = torch.compile(lm.encoder.forward, dynamic=True)
     return lm
