@@ -297,9 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="use this folder's train/valid/test.jsonl instead of a synthetic corpus")
     p.add_argument("--bundle", type=Path, help="then copy the models with a model card here (e.g. assets/tiny)")
 
-    def group(name: str, help: str, members: dict[str, tuple[str, str]]) -> None:
+    def group(name: str, help: str, members: dict[str, tuple[str, str]], device: bool = True) -> None:
         """A verb with sub-verbs, each configured by `configure(parser)` in its own module (imported lazily
-        enough: the modules import their heavy dependencies inside their functions)."""
+        enough: the modules import their heavy dependencies inside their functions); `device`: the
+        sub-verbs run models and take `--device`."""
         import importlib
 
         p = sub.add_parser(name, help=help, description=help)
@@ -307,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         for member, (target, text) in members.items():
             module, _, function = target.partition(":")
             q = inner.add_parser(member, help=text, description=text)
-            q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+            if device:
+                q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
             getattr(importlib.import_module(module, __package__), function or "configure")(q)
 
     group("eval", "Evaluate a model: zero-shot benchmarks, codec resynthesis, generation.", {
@@ -327,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=["paper", "tiny"], default="paper", help="model size (default: paper)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes (default: 1 4)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="LM weights' dtype")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 linear layers (the LM, the codec's decompressor and decoder)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 linear layers (the LM and every part of the codec)")
     p.add_argument("--compile", action="store_true", help="torch.compile the LM's transformer")
     p.add_argument("--reference", help="a checkout of the original wavslm.py, timed on the same weights")
     p.add_argument("--steps", type=int, default=25, help="decode steps timed (default: 25)")
@@ -340,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "train/valid/test manifests (test voices held out)."),
         "bench": (".eval.synth_bench:configure_bench", "Lexical, syntactic, topic-story and speaker-consistency pairs "
                   "in the sWUGGY/sBLIMP/StoryCloze/SALMon layouts, held-out voices only."),
-    })
+    }, device=False)
 
     p = verb("manifest", cmd_manifest, "List the audio files of a folder as a JSONL manifest.")
     p.add_argument("input", type=Path, help="folder of audio files (searched recursively)")
