@@ -99,6 +99,14 @@ def _rows(prompt: Prompt) -> list[Tensor]:
     return list(prompt) if prompt.ndim == 2 else [prompt]
 
 
+def _read(lm: "WavSLM", session: CodecStream, toks: Tensor, state=None):
+    """Prompt tokens through the stream: decompressed, through the waveform decoder (only to carry its
+    state; the prompt's audio is not kept) and read by the LM; returns the LM's `(feats, state)`."""
+    qfeats = session.dequantize(toks)
+    session.synthesize(qfeats)
+    return lm.encoder(qfeats, state)
+
+
 def _start(lm: "WavSLM", rows: list[Tensor], device: torch.device):
     """Run the prompts through the codec's stream and the LM; return the session, features and LM state.
 
@@ -108,9 +116,7 @@ def _start(lm: "WavSLM", rows: list[Tensor], device: torch.device):
     codec = lm.codec
     if len({len(r) for r in rows}) == 1:
         session = codec.streaming(batch_size=len(rows))
-        qfeats = session.dequantize(torch.stack(rows).to(device))
-        session.synthesize(qfeats)  # warm the waveform decoder's state on the prompt
-        feats, state = lm.encoder(qfeats)
+        feats, state = _read(lm, session, torch.stack(rows).to(device))
         return session, feats, state
     sessions, padded = [], []
     longest = max(len(r) for r in rows)
@@ -208,7 +214,6 @@ class LiveSession:
         self.session = self.codec.streaming(batch_size=batch_size)
         self.feats: Tensor | None = None
         self.state = None
-        self.prompt_tokens = 0
         self.interrupted = False
 
     def __enter__(self) -> "LiveSession":
@@ -230,10 +235,7 @@ class LiveSession:
             raise InputError("this live session's last generate was stopped mid-step; open a new session")
         toks = self.session.encode(sig)
         if toks.shape[1]:
-            qfeats = self.session.dequantize(toks)
-            self.session.synthesize(qfeats)  # the prompt's audio is not returned; the decoder's state is kept
-            self.feats, self.state = self.lm.encoder(qfeats, self.state)
-            self.prompt_tokens += toks.shape[1]
+            self.feats, self.state = _read(self.lm, self.session, toks, self.state)
         return toks
 
     @torch.inference_mode()

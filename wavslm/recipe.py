@@ -165,8 +165,9 @@ class Recipe:
         self._train("codec", self.run_dir / f"codec_{step}", overrides)
         if self.recipe.eval.stage_files:
             from .eval.recipe_eval import held_out_files, stage_stoi
+            from .train.codec_stage import CodecStageConfig
 
-            layers = self.sections.get("codec", {}).get("teacher_layers", 6)
+            layers = self.sections.get("codec", {}).get("teacher_layers", CodecStageConfig.teacher_layers)
             files = held_out_files(self.corpus / "test.jsonl", self.recipe.eval.stage_files)
             score = stage_stoi("joint" if step == "finetune" else step, self.run_dir / f"codec_{step}" / "export" / "codec",
                                self.run_dir / "ssl" / "export", layers, files)

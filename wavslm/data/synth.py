@@ -221,7 +221,7 @@ def make_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, workers
 
 
 def configure_corpus(parser: argparse.ArgumentParser) -> None:
-    """Add the `synth corpus` arguments (all but --device) and its handler to `parser`."""
+    """Add the `synth corpus` arguments and its handler to `parser`."""
     parser.add_argument("-o", "--output", required=True, type=Path, help="new (or empty) output folder")
     parser.add_argument("--hours", type=float, default=1.0, help="hours of speech to generate (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same corpus (default 0)")

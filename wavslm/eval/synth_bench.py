@@ -280,7 +280,7 @@ def make_bench(out_dir: str | os.PathLike, seed: int = 0, pairs: int = 100) -> d
 
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
-    """Add the `synth bench` arguments (all but --device) and its handler to `parser`."""
+    """Add the `synth bench` arguments and its handler to `parser`."""
     parser.add_argument("-o", "--output", required=True, type=Path, help="new (or empty) output folder")
     parser.add_argument("--seed", type=int, default=0, help="the corpus seed whose test voices speak (default 0)")
     parser.add_argument("--pairs", type=int, default=100, help="pairs per task (default 100)")
