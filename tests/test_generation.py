@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 import wavslm
 from wavslm import WavSLM, load_audio
-from wavslm.generation import sample_next_token
+from wavslm.generation import _most_likely, sample_next_token
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,15 @@ def test_live_session_continues_across_generate_calls_and_refuses_misuse(lm, utt
         with pytest.raises(wavslm.InputError, match="stopped mid-step"):
             live.feed(prompt)
     assert torch.equal(twice, once)
+
+
+@pytest.mark.parametrize("temp", [0.3, 1.0, 20.0])  # peaked rows need a few tokens, flat ones need doubling
+def test_nucleus_shortlist_equals_a_full_sort(temp):
+    logits = torch.randn(8, 4096, generator=torch.Generator().manual_seed(1)) * 4
+    probs = (logits / temp).softmax(-1)
+    for p in (0.3, 0.8, 0.99):
+        head, index = _most_likely(probs, p)
+        kept = torch.zeros_like(probs).scatter(1, index, head.masked_fill(head.cumsum(-1) - head > p, 0.0))
+        full, order = probs.sort(dim=-1, descending=True)
+        want = torch.zeros_like(probs).scatter(1, order, full.masked_fill(full.cumsum(-1) - full > p, 0.0))
+        assert torch.equal(kept > 0, want > 0) and torch.allclose(kept, want)

@@ -25,7 +25,8 @@ import torch
 
 from .codec import Codec
 from .lm import WavSLM
-from .optimize import Int8Linear, optimize_for_inference
+from .modules.linear import Int8Linear
+from .optimize import optimize_for_inference
 from .presets import focalcodec_stream, wavslm_paper
 
 

@@ -50,13 +50,25 @@ def sample_next_token(
     if top_k is not None:
         probs, index = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     elif top_p is not None and top_p < 1.0:
-        probs, index = probs.sort(dim=-1, descending=True)
+        probs, index = _most_likely(probs, top_p)
         # Keep a token while the mass before it is still within p (the most likely one is always kept).
         probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p, 0.0)
     else:
         index = None
     choice = torch.multinomial(probs, 1, generator=generator)
     return (choice if index is None else index.gather(-1, choice)).squeeze(-1)
+
+
+def _most_likely(probs: Tensor, mass: float, first: int = 64) -> tuple[Tensor, Tensor]:
+    """The most likely tokens of each row of `probs (N, V)`, in descending order, until their total
+    exceeds `mass` in every row: a top-k shortlist, doubled while short, in place of sorting all V
+    (the nucleus it gives is the one a full sort gives)."""
+    k = min(first, probs.shape[-1])
+    while True:
+        head, index = probs.topk(k, dim=-1)
+        if k == probs.shape[-1] or bool((head.sum(dim=-1) > mass).all()):
+            return head, index
+        k = min(2 * k, probs.shape[-1])
 
 
 Prompt = Tensor | list[Tensor]

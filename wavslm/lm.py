@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from . import hub
 from .config import from_dict, to_dict
 from .errors import InputError
+from .modules.linear import Linear
 from .modules.transformer import TransformerEncoder, TransformerState
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class WavSLM(nn.Module):
             chunk_size=config.chunk_size,
             final_norm=True,
         )
-        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.head = Linear(config.dim, config.vocab_size, bias=False)
         self.codec = None
         if codec is not None:
             self.attach_codec(codec)

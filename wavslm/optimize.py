@@ -4,55 +4,38 @@ Float32 (the default) is exact to the original implementation; the others trade 
 for speed or memory (README, "Speed on a CPU"). The LM's inputs and logits stay float32 at its boundary.
 
 bfloat16: the LM's transformer and head (the codec stays float32).
-int8: every linear layer of the LM's transformer and head, and of the codec's decompressor and waveform
-decoder (the work of each generation step), becomes a dynamically quantised int8 layer (weights per
-output channel, activations per call, fbgemm kernels): on a CPU, decoding reads the weights once per
-step, and a quarter of the bytes is most of the gain. The codec's encoder (the prompt) stays float32.
+int8: every linear map of the LM's transformer and head and of the codec (encoder, compressor,
+decompressor, waveform decoder: a live prompt is encoded step by step too), including those held as
+convolution weights (the focal blocks' 1x1 projections, the decoder's dense embedding convolution, the
+upscaling transposed convolution), runs on int8 weights (per output channel) with activations quantised
+per call (fbgemm kernels): on a CPU, decoding reads the weights once per step, and a quarter of the
+bytes is most of the gain. Depthwise convolutions, norms and the tiny gate projections stay float32.
 """
 
-import warnings
-
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from .modules.linear import Int8Linear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 QUANTIZE = ("none", "int8")
 
 
-class Int8Linear(nn.Module):
-    """`nn.Linear` with int8 weights (symmetric, per output channel) and per-call int8 activations."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        weight = linear.weight.detach().float()
-        scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
-        zeros = torch.zeros_like(scales, dtype=torch.int64)
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        with warnings.catch_warnings():  # the quantised-tensor constructors warn of a future move to torchao
-            warnings.simplefilter("ignore")
-            qweight = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
-            self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        # What the packed weight holds (it is not a parameter or buffer): int8 values, scales, float bias.
-        self.weight_bytes = weight.numel() + scales.numel() * scales.element_size() + (0 if bias is None else 4 * bias.numel())
-
-    def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float().contiguous(), self._packed, True)
-        return y.view(*shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
-
-
 def _replace_linears(module: nn.Module) -> int:
+    """Make `module`'s linear maps int8: `nn.Linear` children are replaced; modules whose map is a view
+    of another layout (`linear_weight()`: 1x1 and few-frame convolutions, a transposed convolution)
+    get a `packed` int8 copy that they use in its place. The tiny gate projections stay float."""
     count = 0
     for name, child in module.named_children():
-        if isinstance(child, nn.Linear) and child.in_features >= 64:  # the tiny gate projections stay float
-            setattr(module, name, Int8Linear(child))
+        if isinstance(child, nn.Linear) and child.in_features >= 64:
+            setattr(module, name, Int8Linear.from_linear(child))
             count += 1
-        else:
-            count += _replace_linears(child)
+            continue
+        as_linear = child.linear_weight() if hasattr(child, "linear_weight") else None
+        if as_linear is not None and as_linear[0].shape[1] >= 64:
+            child.packed = Int8Linear(*as_linear)
+            count += 1
+        count += _replace_linears(child)
     return count
 
 
@@ -71,7 +54,7 @@ def optimize_for_inference(lm, dtype: str = "float32", quantize: str = "none", c
     if quantize == "int8":
         if _replace_linears(lm.encoder) == 0:
             raise ValueError("no linear layers to quantise")
-        lm.head = Int8Linear(lm.head)
+        lm.head = Int8Linear.from_linear(lm.head)
         if lm.codec is not None:  # every per-step part of the codec: a live prompt is encoded step by step too
             for part in (lm.codec.encoder, lm.codec.compressor, lm.codec.decompressor, lm.codec.decoder):
                 _replace_linears(part)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from . import hub
 from .errors import InputError
+from .modules.linear import Linear
 from .modules.transformer import TransformerEncoder, TransformerState
 
 
@@ -113,7 +114,7 @@ class WavLM(nn.Module):
         self.config = config
         self.feature_extractor = FeatureExtractor(config)
         self.norm = nn.LayerNorm(config.hidden_dims[-1])
-        self.feature_proj = nn.Linear(config.hidden_dims[-1], config.dim)
+        self.feature_proj = Linear(config.hidden_dims[-1], config.dim)
         self.dropout = nn.Dropout(config.dropout)
         self.encoder = TransformerEncoder(
             num_layers=config.num_layers,

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .linear import Linear
+
 
 def relative_position_bucket(rel: Tensor, num_buckets: int, max_distance: int) -> Tensor:
     """Map signed distances `key - query` to WavLM's buckets (T5-style, half the buckets per sign).
@@ -111,6 +113,10 @@ def _grow(buf: Tensor, size: int) -> Tensor:
     return new
 
 
+# Queries per call up to which attention runs as two matmuls and a softmax (see `MultiHeadAttention`).
+_FEW_QUERIES = 16
+
+
 class MultiHeadAttention(nn.Module):
     """WavLM attention with a gated relative position bias (fused q/k/v projection as released).
 
@@ -125,9 +131,9 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.dropout = dropout
-        self.qkv_proj = nn.Linear(dim, 3 * dim)
-        self.out_proj = nn.Linear(dim, dim)
-        self.gru_rel_pos_linear = nn.Linear(self.head_dim, 8)
+        self.qkv_proj = Linear(dim, 3 * dim)
+        self.out_proj = Linear(dim, dim)
+        self.gru_rel_pos_linear = Linear(self.head_dim, 8)
         self.gru_rel_pos_const = nn.Parameter(torch.ones(1, num_heads, 1, 1))
 
     def gate(self, x: Tensor) -> Tensor:
@@ -159,9 +165,14 @@ class MultiHeadAttention(nn.Module):
         attn_bias = self.gate(x) * bias
         if mask is not None:
             attn_bias = attn_bias.masked_fill(~mask, float("-inf"))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
-        )
+        if T <= _FEW_QUERIES and not self.training:
+            # A streaming step: plain matmuls beat the fused CPU kernel for a handful of queries.
+            weights = (q @ k.transpose(-1, -2)).mul_(self.head_dim**-0.5).add_(attn_bias).softmax(dim=-1)
+            out = weights.to(v.dtype) @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
+            )
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
 
@@ -170,8 +181,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, ffn_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.in_proj = nn.Linear(dim, ffn_dim)
-        self.out_proj = nn.Linear(ffn_dim, dim)
+        self.in_proj = Linear(dim, ffn_dim)
+        self.out_proj = Linear(ffn_dim, dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

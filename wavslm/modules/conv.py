@@ -10,6 +10,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .linear import FEW_ROWS, Int8Linear, linear
+
 PadMode = Literal["zeros", "replicate"]
 
 
@@ -72,6 +74,13 @@ class StreamingConv1d(nn.Conv1d):
         self.causal = causal
         self.pad_mode: PadMode = pad_mode
         self.context_size = dilation * (kernel_size - 1)
+        self.packed: Int8Linear | None = None
+
+    def linear_weight(self) -> tuple[Tensor, Tensor | None] | None:
+        """A dense causal convolution as a linear map over windows `(C_in * K) -> (C_out)`; None otherwise."""
+        if not self.causal or self.groups != 1 or self.dilation[0] != 1:
+            return None
+        return self.weight.view(self.out_channels, -1), self.bias
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if not self.causal:
@@ -81,7 +90,13 @@ class StreamingConv1d(nn.Conv1d):
         if x.shape[-1] == 0:  # nothing new: the output is empty and the past is unchanged
             return x.new_zeros(x.shape[0], self.out_channels, 0), state
         full, state = with_left_context(x, state, self.context_size, self.pad_mode)
-        return super().forward(full), state
+        as_linear = self.linear_weight()
+        if as_linear is None or (self.packed is None and x.shape[0] * x.shape[-1] > FEW_ROWS):
+            return super().forward(full), state
+        # Few frames (a streaming step): each output is one window times the flattened weight.
+        windows = full.unfold(2, self.kernel_size[0], 1).transpose(1, 2).flatten(2)  # (B, T, C_in * K)
+        y = linear(windows, *as_linear) if self.packed is None else self.packed(windows)
+        return y.transpose(1, 2), state
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", causal={self.causal}, pad_mode={self.pad_mode}"

@@ -35,6 +35,7 @@ from ..errors import InputError
 from .attention import FeedForward
 from .conv import StreamingConv1d
 from .focal_layers import ChunkRefiner, DownScale, DynamicTanh, UpScale
+from .linear import Linear, PointwiseConv1d
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class FocalModulation(nn.Module):
         super().__init__()
         self.dim, self.focal_level, self.causal = dim, cfg.focal_level, cfg.causal
         self.normalize_modulator = cfg.normalize_modulator
-        self.in_proj = nn.Linear(dim, 2 * dim + cfg.focal_level + 1)  # query, context, one gate per level
+        self.in_proj = Linear(dim, 2 * dim + cfg.focal_level + 1)  # query, context, one gate per level
         kernels = [cfg.focal_window + level * cfg.focal_factor for level in range(cfg.focal_level)]
         if cfg.causal:
             kernels.append(window_size)
@@ -130,8 +131,8 @@ class FocalModulation(nn.Module):
             )
             for k in kernels
         )
-        self.context_proj = nn.Conv1d(dim, dim, kernel_size=1)
-        self.out_proj = nn.Linear(dim, dim)
+        self.context_proj = PointwiseConv1d(dim, dim)
+        self.out_proj = Linear(dim, dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.norm = _norm(dim, cfg) if cfg.use_post_norm else nn.Identity()
 
@@ -153,9 +154,7 @@ class FocalModulation(nn.Module):
             mixed = mixed + glob * gates[:, self.focal_level :]
         if self.normalize_modulator:
             mixed = mixed / (self.focal_level + 1)
-        # Contiguous (B, T, D): a transposed view would send the projection down a slow batched matmul.
-        # The 1x1 conv as a matmul over (B, T, D): the same numbers, and oneDNN's conv is slow on short inputs.
-        context = F.linear(mixed.transpose(1, 2), self.context_proj.weight[:, :, 0], self.context_proj.bias)
+        context = self.context_proj(mixed.transpose(1, 2))
         y = query.transpose(1, 2) * context
         return self.dropout(self.out_proj(self.norm(y))), tuple(new_state)
 
@@ -241,7 +240,7 @@ class FocalCompressor(nn.Module):
             FocalDownLayer(dims[i], dims[i + 1], f, cfg) for i, f in enumerate(cfg.downscale_factors)
         )
         self.dropout = nn.Dropout(cfg.dropout)
-        self.out_proj = nn.Linear(dims[-1], cfg.output_dim)
+        self.out_proj = Linear(dims[-1], cfg.output_dim)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "FocalCompressor":
@@ -309,7 +308,7 @@ class FocalDecompressor(nn.Module):
         self.config, self.causal = cfg, cfg.causal
         dims = (*cfg.hidden_dims, cfg.output_dim)
         n = len(cfg.upscale_factors)
-        self.in_proj = nn.Linear(cfg.input_dim, dims[0])
+        self.in_proj = Linear(cfg.input_dim, dims[0])
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
             FocalUpLayer(dims[i], dims[i + 1], f, cfg.window_size if i < n - 1 else cfg.last_window_size, cfg)

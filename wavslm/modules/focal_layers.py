@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .linear import Int8Linear, Linear, linear
+
 
 class DynamicTanh(nn.Module):
     """`tanh(alpha * x)` with one learned scalar `alpha` (https://arxiv.org/abs/2503.10622).
@@ -89,17 +91,24 @@ class UpScale(nn.Module):
         super().__init__()
         self.activation = Snake(in_dim)
         self.upscale = nn.ConvTranspose1d(in_dim, out_dim, factor, stride=factor)
+        self.packed: Int8Linear | None = None
+
+    def linear_weight(self) -> tuple[Tensor, Tensor]:
+        """The transposed conv as a linear map over frames: `(C_in) -> (C_out * f)`, output `o * f + j`.
+
+        A kernel equal to the stride means one matmul per input frame:
+        `y[:, o, t * f + j] = sum_c x[:, c, t] * W[c, o, j] + b[o]` (much faster than the conv on a CPU).
+        """
+        W = self.upscale.weight  # (C_in, C_out, f)
+        f = W.shape[2]
+        return W.permute(1, 2, 0).reshape(-1, W.shape[0]), self.upscale.bias.repeat_interleave(f)
 
     def forward(self, x: Tensor) -> Tensor:
-        # A transposed conv whose kernel equals its stride is one matmul per input frame:
-        # y[:, o, t * f + j] = sum_c x[:, c, t] * W[c, o, j] + b[o]. As a matmul it is much faster on CPU.
-        x = self.activation(x)
-        W = self.upscale.weight  # (C_in, C_out, f)
-        B, _, T = x.shape
-        _, out, f = W.shape
-        y = F.linear(x.transpose(1, 2), W.permute(1, 2, 0).reshape(out * f, -1))  # (B, T, C_out * f)
-        y = y.view(B, T, out, f).permute(0, 2, 1, 3).reshape(B, out, T * f)
-        return y + self.upscale.bias[:, None]
+        x = self.activation(x).transpose(1, 2)  # (B, T, C_in)
+        y = linear(x, *self.linear_weight()) if self.packed is None else self.packed(x)  # (B, T, C_out * f)
+        B, T, _ = y.shape
+        out, f = self.upscale.out_channels, self.upscale.kernel_size[0]
+        return y.view(B, T, out, f).permute(0, 2, 1, 3).reshape(B, out, T * f)
 
 
 class ChunkRefiner(nn.Module):
@@ -111,8 +120,8 @@ class ChunkRefiner(nn.Module):
     def __init__(self, group: int, dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.group = group
-        self.in_proj = nn.Linear(group * dim, group * dim)
-        self.out_proj = nn.Linear(group * dim, group * dim)
+        self.in_proj = Linear(group * dim, group * dim)
+        self.out_proj = Linear(group * dim, group * dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

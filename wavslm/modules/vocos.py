@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from wavslm.config import from_dict, to_dict
 from wavslm.errors import InputError
+from wavslm.modules.linear import Linear
 from wavslm.modules.wavenext import ConvNeXtBackbone, ConvNeXtState
 
 # Keys that older released configs carry: `input_channels` is the old name of `input_dim` and wins over
@@ -94,7 +95,7 @@ class ISTFTHead(nn.Module):
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.causal = causal
-        self.proj = nn.Linear(dim, n_fft + 2)
+        self.proj = Linear(dim, n_fft + 2)
 
     def forward(self, h: Tensor) -> Tensor:
         log_mag, phase = self.proj(h).chunk(2, dim=-1)

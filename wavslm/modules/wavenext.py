@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from wavslm.config import from_dict, to_dict
 from wavslm.modules.conv import PadMode, StreamingConv1d
+from wavslm.modules.linear import Linear
 
 
 class ConvNeXtState(NamedTuple):
@@ -45,8 +46,8 @@ class ConvNeXtBlock(nn.Module):
         super().__init__()
         self.dwconv = StreamingConv1d(dim, dim, kernel_size, groups=dim, causal=causal, pad_mode=pad_mode)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, ffn_dim)
-        self.pwconv2 = nn.Linear(ffn_dim, dim)
+        self.pwconv1 = Linear(dim, ffn_dim)
+        self.pwconv2 = Linear(ffn_dim, dim)
         self.gamma = nn.Parameter(torch.full((dim,), float(layerscale)))
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -131,7 +132,7 @@ class WaveNeXtHead(nn.Module):
 
     def __init__(self, dim: int, hop_length: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim, hop_length)
+        self.proj = Linear(dim, hop_length)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.proj(h).flatten(1).clamp(-1.0, 1.0)
