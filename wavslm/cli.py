@@ -171,7 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run_bench(args.size, tuple(args.batch), args.dtype, args.quantize, args.reference, args.steps,
-                       args.seconds, args.compile)
+                       args.seconds, args.compile, args.rounds)
     print(format_report(report))
     if args.output:
         args.output.write_text(json.dumps(report, indent=2) + "\n")
@@ -332,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 linear layers (the LM and every part of the codec)")
     p.add_argument("--compile", action="store_true", help="torch.compile the LM's transformer")
     p.add_argument("--reference", help="a checkout of the original wavslm.py, timed on the same weights")
-    p.add_argument("--steps", type=int, default=25, help="decode steps timed (default: 25)")
+    p.add_argument("--steps", type=int, default=25, help="decode steps timed per round (default: 25)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed rounds, ours and the original taking turns; the best of each (default: 3)")
     p.add_argument("--seconds", type=float, default=10.0, help="audio seconds for codec and streaming (default: 10)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("-o", "--output", type=Path, help="also write the report as JSON")
