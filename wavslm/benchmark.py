@@ -28,7 +28,7 @@ import torch
 
 from .codec import Codec
 from .lm import WavSLM
-from .modules.linear import Int8Linear
+from .modules.linear import Int8Linear, PackedLinear
 from .optimize import optimize_for_inference
 from .presets import focalcodec_stream, wavslm_paper
 
@@ -179,8 +179,8 @@ def streaming_speed(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
-    """Bytes of `module`'s parameters and buffers, plus the packed weights of its int8 linears."""
-    packed = sum(getattr(m, "weight_bytes", 0) for m in module.modules() if isinstance(m, Int8Linear))
+    """Bytes of `module`'s parameters and buffers, plus the packed weights of its converted linear maps."""
+    packed = sum(getattr(m, "weight_bytes", 0) for m in module.modules() if isinstance(m, (Int8Linear, PackedLinear)))
     return packed + sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 

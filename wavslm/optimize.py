@@ -1,41 +1,45 @@
-"""Inference-time conversions of a loaded WavSLM: bfloat16 weights, int8 linear layers, torch.compile.
+"""Inference-time conversions of a loaded WavSLM: packed float32, bfloat16 or int8 weights, torch.compile.
 
-Float32 (the default) is exact to the original implementation; the others trade a measured deviation
-for speed or memory (README, "Speed on a CPU"). The LM's inputs and logits stay float32 at its boundary.
+The linear maps converted are every one of the LM's transformer and head and of the codec (encoder,
+compressor, decompressor, waveform decoder: a live prompt is encoded step by step too), including
+those held as convolution weights (the focal blocks' 1x1 projections, the decoder's dense embedding
+convolution, the upscaling transposed convolution). Depthwise convolutions, norms and the tiny gate
+projections stay as they are. The LM's inputs and logits stay float32 at its boundary.
 
+float32 (the default): the weights are packed in oneDNN's layout (`PackedLinear`): the same float32
+sums in another order, so exact to the original implementation within float32 rounding, and faster.
 bfloat16: the LM's transformer and head (the codec stays float32).
-int8: every linear map of the LM's transformer and head and of the codec (encoder, compressor,
-decompressor, waveform decoder: a live prompt is encoded step by step too), including those held as
-convolution weights (the focal blocks' 1x1 projections, the decoder's dense embedding convolution, the
-upscaling transposed convolution), runs on int8 weights (per output channel) with activations quantised
-per call (fbgemm kernels): on a CPU, decoding reads the weights once per step, and a quarter of the
-bytes is most of the gain. Depthwise convolutions, norms and the tiny gate projections stay float32.
+int8: int8 weights (per output channel) with activations quantised per call (fbgemm kernels): on a
+CPU, decoding reads the weights once per step, and a quarter of the bytes is most of the gain.
+The last two trade a measured deviation for speed or memory (README, "Speed on a CPU").
 """
 
 import torch
 from torch import nn
 
-from .modules.linear import Int8Linear
+from .modules.linear import Int8Linear, PackedLinear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 QUANTIZE = ("none", "int8")
+CODEC_PARTS = ("encoder", "compressor", "decompressor", "decoder")
 
 
-def _replace_linears(module: nn.Module) -> int:
-    """Make `module`'s linear maps int8: `nn.Linear` children are replaced; modules whose map is a view
-    of another layout (`linear_weight()`: 1x1 and few-frame convolutions, a transposed convolution)
-    get a `packed` int8 copy that they use in its place. The tiny gate projections stay float."""
+def _pack_linears(module: nn.Module, make) -> int:
+    """Swap `module`'s linear maps for `make(weight, bias)` (a packed form): `nn.Linear` children are
+    replaced; modules whose map is a view of another layout (`linear_weight()`: 1x1 and few-frame
+    convolutions, a transposed convolution) get it as their `packed` module. The tiny gate projections
+    (under 64 inputs) stay as they are."""
     count = 0
     for name, child in module.named_children():
         if isinstance(child, nn.Linear) and child.in_features >= 64:
-            setattr(module, name, Int8Linear.from_linear(child))
+            setattr(module, name, make(child.weight, child.bias))
             count += 1
             continue
         as_linear = child.linear_weight() if hasattr(child, "linear_weight") else None
         if as_linear is not None and as_linear[0].shape[1] >= 64:
-            child.packed = Int8Linear(*as_linear)
+            child.packed = make(*as_linear)
             count += 1
-        count += _replace_linears(child)
+        count += _pack_linears(child, make)
     return count
 
 
@@ -51,13 +55,13 @@ def optimize_for_inference(lm, dtype: str = "float32", quantize: str = "none", c
     if dtype != "float32":
         lm.encoder.to(DTYPES[dtype])
         lm.head.to(DTYPES[dtype])
-    if quantize == "int8":
-        if _replace_linears(lm.encoder) == 0:
-            raise ValueError("no linear layers to quantise")
-        lm.head = Int8Linear.from_linear(lm.head)
-        if lm.codec is not None:  # every per-step part of the codec: a live prompt is encoded step by step too
-            for part in (lm.codec.encoder, lm.codec.compressor, lm.codec.decompressor, lm.codec.decoder):
-                _replace_linears(part)
+    make = Int8Linear if quantize == "int8" else PackedLinear if dtype == "float32" and PackedLinear.available() else None
+    if make is not None:
+        # The LM, and every per-step part of the codec: a live prompt is encoded step by step too.
+        parts = [lm.encoder] + ([] if lm.codec is None else [getattr(lm.codec, p) for p in CODEC_PARTS])
+        if sum(_pack_linears(part, make) for part in parts) == 0:
+            raise ValueError("no linear layers to convert")
+        lm.head = make(lm.head.weight, lm.head.bias)
     if compile:
         lm.encoder.forward = torch.compile(lm.encoder.forward, dynamic=True)
     return lm

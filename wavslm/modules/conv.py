@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .linear import FEW_ROWS, Int8Linear, linear
+from .linear import FEW_ROWS, linear
 
 PadMode = Literal["zeros", "replicate"]
 
@@ -74,7 +74,7 @@ class StreamingConv1d(nn.Conv1d):
         self.causal = causal
         self.pad_mode: PadMode = pad_mode
         self.context_size = dilation * (kernel_size - 1)
-        self.packed: Int8Linear | None = None
+        self.packed: nn.Module | None = None  # an inference form of `linear_weight()`
 
     def linear_weight(self) -> tuple[Tensor, Tensor | None] | None:
         """A dense causal convolution as a linear map over windows `(C_in * K) -> (C_out)`; None otherwise."""

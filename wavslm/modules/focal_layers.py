@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .linear import Int8Linear, Linear, linear
+from .linear import Linear, linear
 
 
 class DynamicTanh(nn.Module):
@@ -91,7 +91,7 @@ class UpScale(nn.Module):
         super().__init__()
         self.activation = Snake(in_dim)
         self.upscale = nn.ConvTranspose1d(in_dim, out_dim, factor, stride=factor)
-        self.packed: Int8Linear | None = None
+        self.packed: nn.Module | None = None  # an inference form of `linear_weight()`
 
     def linear_weight(self) -> tuple[Tensor, Tensor]:
         """The transposed conv as a linear map over frames: `(C_in) -> (C_out * f)`, output `o * f + j`.
