@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import soundfile as sf
@@ -108,6 +109,13 @@ async def round_(url, clips, seconds, pid, seed0, lead) -> tuple[list[dict], flo
     return results, wall, peak
 
 
+def batching(port: int) -> tuple[int, int]:
+    """The server's batched steps so far and the session steps they made (GET /health)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+        health = json.load(answer)
+    return health["batched_steps"], health["sessions_stepped"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -158,7 +166,9 @@ def main() -> None:
         print(f"(underruns: chunks later than a player starting {args.lead_ms:g} ms after the first one needs them; "
               "max late: the worst lateness with no lead)")
         for r in range(args.rounds):
+            steps0, rows0 = batching(port)
             results, wall, peak = asyncio.run(round_(url, clips, args.seconds, server.pid, 100 * r, args.lead_ms / 1000))
+            steps1, rows1 = batching(port)
             for i, s in enumerate(results):
                 if "error" in s:
                     print(f"{r:>5} {i:>4} refused: {s['error']}")
@@ -172,7 +182,8 @@ def main() -> None:
             audio = sum(s.get("audio", 0) for s in results)
             time.sleep(0.5)
             print(f"round {r}: {audio:.1f} s of audio in {wall:.2f} s wall (aggregate RTF {wall / audio:.3f}); "
-                  f"peak RSS {peak:.1f} MiB, idle after {rss_mib(server.pid):.1f} MiB")
+                  f"peak RSS {peak:.1f} MiB, idle after {rss_mib(server.pid):.1f} MiB; "
+                  f"{steps1 - steps0} batched steps, {(rows1 - rows0) / max(1, steps1 - steps0):.2f} sessions each")
         settled = rss_mib(server.pid)
         for _ in range(50):  # up to 5 s for freed memory to go back
             if settled <= baseline + args.rss_tolerance_mib:

@@ -22,7 +22,7 @@ from .config import from_dict
 from .errors import InputError
 from .modules.bsq import BinarySphericalQuantizer
 from .modules.focal import FocalCompressor, FocalDecompressor
-from .modules.state import clone_state, stack_states
+from .modules.state import clone_state, map_state, stack_states
 from .modules.vocos import Vocos, VocosConfig
 from .modules.wavenext import WaveNeXt, WaveNeXtConfig
 from .wavlm import WavLM, WavLMConfig
@@ -330,6 +330,14 @@ class CodecStream:
         }
         first = streams[0]
         return cls(first.codec, sum(s.batch_size for s in streams), None, first.matching_set, first.topk, **parts)
+
+    def split(self) -> "list[CodecStream]":
+        """One session per row, each continuing its row of this one (the inverse of `stack`)."""
+        if self._pending is not None and self._pending.shape[1]:
+            raise InputError("cannot split a stream that holds part of a chunk; split it on chunk boundaries")
+        parts = [{k: map_state(lambda t, b=b: t[b : b + 1], v) for k, v in vars(self).items()
+                  if k in ("_encoder", "_compressor", "_decompressor", "_decoder")} for b in range(self.batch_size)]
+        return [replace(self, batch_size=1, _pending=None, **p) for p in parts]
 
     def snapshot(self) -> "CodecStream":
         """An independent copy of this session (advance either without touching the other)."""

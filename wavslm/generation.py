@@ -161,11 +161,16 @@ def _generators(B: int, seed: int | None, device: torch.device) -> list[torch.Ge
     return [None] * B if seed is None else [torch.Generator(device=device).manual_seed(seed + b) for b in range(B)]
 
 
-def _sample(lm: "WavSLM", session: CodecStream, feats: Tensor, sampling: tuple, generators: list):
-    """The next 4 tokens `(B, 4)` from the last 4 positions' logits, and their decompressed features."""
+def _next_tokens(lm: "WavSLM", feats: Tensor, sampling: tuple, generators: list) -> Tensor:
+    """The next 4 tokens `(B, 4)` from the last 4 positions' logits, row b sampled with `generators[b]`."""
     temp, top_p, top_k = sampling
     logits = lm.logits(feats[:, -lm.toks_per_step :])
-    new = torch.stack([sample_next_token(logits[b], temp, top_p, top_k, gen) for b, gen in enumerate(generators)])
+    return torch.stack([sample_next_token(logits[b], temp, top_p, top_k, gen) for b, gen in enumerate(generators)])
+
+
+def _sample(lm: "WavSLM", session: CodecStream, feats: Tensor, sampling: tuple, generators: list):
+    """The next 4 tokens `(B, 4)` and their decompressed features."""
+    new = _next_tokens(lm, feats, sampling, generators)
     return new, session.dequantize(new)
 
 
@@ -249,6 +254,16 @@ class LiveSession:
         if toks.shape[1]:
             self.feats, self.state = _read(self.lm, self.session, toks, self.state)
         return toks
+
+    @torch.inference_mode()
+    def feed_tokens(self, toks: Tensor) -> None:
+        """Append prompt tokens `(B, 4k)` (whole chunks, e.g. from `prompt_tokens`): decompressed, through the
+        waveform decoder (for its state) and read by the LM, as `feed` does with the tokens it encodes."""
+        if toks.shape[-1] % self.lm.toks_per_step:
+            raise InputError(f"feed whole chunks of {self.lm.toks_per_step} tokens, got {toks.shape[-1]}")
+        if self.interrupted:
+            raise InputError("this live session's last generate was stopped mid-step; open a new session")
+        self.feats, self.state = _read(self.lm, self.session, toks, self.state)
 
     @torch.inference_mode()
     def generate(self, steps: int) -> Iterator[tuple[Tensor, Tensor]]:

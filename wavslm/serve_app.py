@@ -85,6 +85,8 @@ def build_app(lm: WavSLM, limits: Limits | None = None, name: str = "model") -> 
             "sample_rate_output": engine.sample_rate_output,
             "chunk_samples": engine.chunk_samples,
             "active_sessions": engine.active,
+            "batched_steps": engine.steps_run,
+            "sessions_stepped": engine.rows_stepped,
             "limits": engine.limits.as_dict(),
         }
 
@@ -147,7 +149,7 @@ async def _generate_wav(request: Request, engine: Engine, body: bytes, settings:
     gen = await engine.call(engine.open, sig, sr, settings)
     chunks = []
     try:
-        while (chunk := await engine.call(gen.step)) is not None:
+        while (chunk := await engine.step(gen)) is not None:
             chunks.append(chunk)
             if await request.is_disconnected():  # nobody to answer: free the session now
                 return Response(status_code=499)

@@ -2,23 +2,22 @@
 
 Nothing here knows about HTTP or WebSockets (that is `serve.py`); everything here is plain Python that
 the tests can call directly. One `Engine` owns the model and the thread that runs it; each `Generation`
-advances one continuation by one 80 ms step per `step()` call, on that thread.
+is one continuation, advanced 80 ms at a time on that thread.
 
-Concurrency: every model call (prompt encoding, each generation step, closing a stream) runs on one
-model thread, in the order asked. Sessions therefore take turns step by step, first come first served,
-so each gets its share of the model; PyTorch is never entered from two threads at once (no
-oversubscription of its intra-op pool, predictable step latency); and one thread allocates from one
-malloc arena, so the memory of finished sessions is reused instead of stranded in per-thread arenas
-(measured: RSS back within ~5 MiB of its baseline after 8 sessions, against +20 MiB with a pool of 8
-threads and a lock). Batching the sessions into one forward pass would raise throughput for tiny
-models at the cost of far more machinery; see bench/serve_load.py and docs/serve.md.
+Concurrency: every model call (prompt encoding, generation steps, closing a stream) runs on one model
+thread, in the order asked. PyTorch is never entered from two threads at once (no oversubscription of
+its intra-op pool, predictable step latency), and one thread allocates from one malloc arena, so the
+memory of finished sessions is reused instead of stranded in per-thread arenas (measured: RSS back
+within ~5 MiB of its baseline after 8 sessions, against +20 MiB with a pool of 8 threads and a lock).
+Sessions that are generating are stepped together: `Engine.step` queues a session's request for its
+next chunk, and the model thread advances every queued session with one batched step
+(`batch_step.step_together`), so N sessions cost one step of a batch of N rather than N steps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import math
 import secrets
 import threading
 import time
@@ -31,8 +30,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .audio import check_signal
+from .batch_step import step_together
 from .errors import InputError
-from .generation import generate_steps, prompt_tokens
+from .generation import prompt_tokens
 from .serve import Limits
 
 if TYPE_CHECKING:
@@ -188,6 +188,10 @@ class Engine:
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavslm-model")
         self._count_lock = threading.Lock()
         self.active = 0
+        # Sessions waiting for their next chunk, stepped together by the next `_step_queued` job.
+        self._queued: list[tuple[Generation, asyncio.Future]] = []
+        self._queue_lock = threading.Lock()
+        self.steps_run = self.rows_stepped = 0  # batched steps, and sessions advanced by them (GET /health)
 
     def acquire(self) -> None:
         """Take a session slot or raise `busy` (HTTP 503)."""
@@ -208,6 +212,34 @@ class Engine:
     async def call(self, fn, *args):
         """Run `fn(*args)` on the model thread, behind the calls already queued, and await its result."""
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
+
+    async def step(self, gen: Generation) -> np.ndarray | None:
+        """`gen`'s next chunk, computed on the model thread in one batch with every other session that
+        asks before the batch starts; None once its requested length is out."""
+        future = asyncio.get_running_loop().create_future()
+        with self._queue_lock:
+            self._queued.append((gen, future))
+            first = len(self._queued) == 1
+        if first:
+            self.model_thread.submit(self._step_queued)
+        return await future
+
+    def _step_queued(self) -> None:
+        """On the model thread: one batched step for every queued session."""
+        with self._queue_lock:
+            queued, self._queued = self._queued, []
+        running = [(gen, fut) for gen, fut in queued if not fut.cancelled()]
+        going = [(gen, fut) for gen, fut in running if not gen.done]
+        try:
+            chunks = Generation.step_all([gen for gen, _ in going])
+            outcome = [(fut, chunk, None) for (_, fut), chunk in zip(going, chunks, strict=True)]
+        except Exception as error:  # every session of the batch hears of it; the server keeps serving
+            outcome = [(fut, None, error) for _, fut in going]
+        outcome += [(fut, None, None) for gen, fut in running if gen.done]
+        self.steps_run += bool(going)
+        self.rows_stepped += len(going)
+        for fut, chunk, error in outcome:
+            fut.get_loop().call_soon_threadsafe(_settle, fut, chunk, error)
 
     def check_seconds(self, seconds: float) -> None:
         if round(seconds * self.sample_rate_output) < 1:
@@ -233,30 +265,40 @@ class Engine:
 
 
 class Generation:
-    """One continuation, advanced one step per `step()` call, on the engine's model thread."""
+    """One continuation: a single-row `LiveSession` that has read the prompt, advanced one step per
+    `step_all` call (with the other sessions of its batch), on the engine's model thread."""
 
     def __init__(self, engine: Engine, rows: list[torch.Tensor], settings: Settings, prompt_seconds: float):
         self.engine = engine
         self.seed = settings.seed if settings.seed is not None else secrets.randbits(31)
         # Enough whole steps to cover the request; the last chunk is trimmed to the exact length.
         self.total_samples = round(settings.seconds * engine.sample_rate_output)
-        steps = math.ceil(self.total_samples / engine.chunk_samples)
         top_p, top_k = settings.sampling()
-        self._steps = generate_steps(engine.lm, rows, steps, top_p, top_k, settings.temperature, self.seed)
+        self.live = engine.lm.live(1, top_p=top_p, top_k=top_k, temp=settings.temperature, seed=self.seed)
+        self.live.feed_tokens(rows[0][None])
         self.prompt_seconds = prompt_seconds
         self.prompt_tokens = len(rows[0])
         self.samples = self.chunks = self.tokens = 0
         self.started = time.perf_counter()
         self.first_chunk: float | None = None
 
+    @property
+    def done(self) -> bool:
+        return self.samples >= self.total_samples
+
+    @staticmethod
+    def step_all(gens: list[Generation]) -> list[np.ndarray]:
+        """The next chunk `(n,)` float32 at the output rate of each of `gens` (none done), as one batch."""
+        out = []
+        for gen, (toks, audio) in zip(gens, step_together([g.live for g in gens]), strict=True):
+            out.append(gen._account(toks, audio))
+        return out
+
     def step(self) -> np.ndarray | None:
-        """The next chunk `(n,)` float32 at the output rate, or None once the requested length is out."""
-        if self.samples >= self.total_samples:
-            return None
-        try:
-            toks, audio = next(self._steps)
-        except StopIteration:
-            return None
+        """This generation's next chunk alone, or None once the requested length is out."""
+        return None if self.done else Generation.step_all([self])[0]
+
+    def _account(self, toks: torch.Tensor, audio: torch.Tensor) -> np.ndarray:
         chunk = audio[0].float().cpu().numpy()[: self.total_samples - self.samples]
         self.samples += len(chunk)
         self.chunks += 1
@@ -265,8 +307,8 @@ class Generation:
         return chunk
 
     def close(self) -> None:
-        """Stop the generator (its codec stream is reset); safe to call twice."""
-        self._steps.close()
+        """Release the session's stream state; safe to call twice."""
+        self.live.close()
 
     def stats(self, cancelled: bool = False) -> dict:
         elapsed = time.perf_counter() - self.started
@@ -284,6 +326,16 @@ class Generation:
             "seed": self.seed,
             "cancelled": cancelled,
         }
+
+
+def _settle(future: asyncio.Future, chunk: np.ndarray | None, error: Exception | None) -> None:
+    """On the event loop: hand a batched step's result to the session awaiting it (unless it gave up)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(chunk)
 
 
 def to_bytes(chunk: np.ndarray, output_format: str) -> bytes:

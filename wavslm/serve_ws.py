@@ -149,7 +149,7 @@ async def _stream(ws: WebSocket, engine: Engine, gen: Generation, output_format:
         while not stop:
             if loop.time() > deadline:
                 raise timeout_error(engine.limits, idle=False)
-            chunk = await engine.call(gen.step)
+            chunk = await engine.step(gen)
             if chunk is None or stop:
                 break
             await _send(ws, to_bytes(chunk, output_format))
