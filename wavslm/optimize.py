@@ -55,7 +55,11 @@ def optimize_for_inference(lm, dtype: str = "float32", quantize: str = "none", c
     if dtype != "float32":
         lm.encoder.to(DTYPES[dtype])
         lm.head.to(DTYPES[dtype])
-    make = Int8Linear if quantize == "int8" else PackedLinear if dtype == "float32" and PackedLinear.available() else None
+    on_cpu = next(lm.parameters()).device.type == "cpu"
+    if quantize == "int8" and not on_cpu:
+        raise ValueError("int8 layers run on the CPU (fbgemm); move the model to the CPU or use dtype bfloat16")
+    packable = dtype == "float32" and on_cpu and PackedLinear.available()  # oneDNN's layout is a CPU one
+    make = Int8Linear if quantize == "int8" else PackedLinear if packable else None
     if make is not None:
         # The LM, and every per-step part of the codec: a live prompt is encoded step by step too.
         parts = [lm.encoder] + ([] if lm.codec is None else [getattr(lm.codec, p) for p in CODEC_PARTS])
