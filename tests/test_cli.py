@@ -66,6 +66,13 @@ def test_generate_whole_and_streamed(models, clip, tmp_path):
     assert not np.array_equal(first, second)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.wav", "s_0.wav", "s_1.wav"]  # no partial files left
 
+    # Packed float32 weights compute the same continuation.
+    result = wavslm("generate", clip, "-o", tmp_path / "p.wav", "--model", lm, "--seconds", "1", "--seed", "3",
+                    "--optimize", "float32")
+    assert result.returncode == 0, result.stderr
+    packed, _ = sf.read(tmp_path / "p.wav")
+    assert np.abs(packed - whole).max() < 1e-3
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

@@ -103,6 +103,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="PyTorch CPU threads of the model thread (default: 1; more only pays for big models: "
                              "with several, its spinning workers compete with the server for the cores)")
+    parser.add_argument("--optimize", choices=["none", "float32", "bfloat16", "int8"], default="none",
+                        help="convert the model for inference (see `wavslm generate --help`; default: none)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
 
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise InputError("--threads must be at least 1")
     torch.set_num_threads(args.threads)
-    lm = load_lm(args.model, getattr(args, "device", "cpu"))
+    lm = load_lm(args.model, getattr(args, "device", "cpu"), args.optimize)
     name = Path(args.model).name if args.model else "bundled tiny"
     print(f"wavslm serve: {name} on http://{args.host}:{args.port}/ (API: /openapi.json)", flush=True)
     # Frames above the upload limit are refused by uvicorn itself (close 1009) before reaching us.
