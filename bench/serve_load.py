@@ -3,8 +3,8 @@
     python bench/serve_load.py [--model REF] [--sessions 8] [--seconds 10] [--prompt-seconds 3]
                                [--rounds 2] [--threads N]
 
-Starts `python -m wavslm.serve` in a subprocess (the reference fixture model unless --model), runs one
-warm-up session, then `--rounds` rounds of `--sessions` sessions at once, each continuing a different
+Starts `python -m wavslm.serve` in a subprocess (the bundled tiny model unless --model), runs one warm-up
+round (every session at once, 1 s each), then `--rounds` rounds of `--sessions` sessions at once, each continuing a different
 real speech clip. Per session it reports the real-time factor (wall time from connecting to the last
 chunk / audio seconds), the time to first chunk (from the end of the prompt upload), playback underruns
 (chunks later than a player that starts `--lead-ms` after the first chunk, like the page, needs them)
@@ -154,7 +154,9 @@ def main() -> None:
                     sys.exit("the server exited; run its command by hand to see why: " + " ".join(cmd))
                 time.sleep(0.1)
         clips = prompts(args.sessions, args.prompt_seconds)
-        asyncio.run(session(url, clips[0], 1.0, 0))  # warm-up: first-use allocations are not a leak
+        # Warm-up: every session at once for 1 s, so the first use of each batch size (oneDNN primitives,
+        # allocator pools) is in the baseline; what a round adds after that is what it keeps.
+        asyncio.run(round_(url, clips, 1.0, server.pid, 10_000, args.lead_ms / 1000))
         time.sleep(0.5)
         baseline = rss_mib(server.pid)
         ok = True
