@@ -71,9 +71,9 @@ def lm_speeds(models: dict, qfeats: dict, steps: int, rounds: int = 3) -> dict:
     `models`: name -> `(prefill_fn, step_fn)`; `qfeats`: name -> its prompt features `(B, T, D)`.
     Returns name -> seconds of prefill, milliseconds per step and tokens/s per sequence.
     """
-    best = {name: {"prefill_s": float("inf"), "decode_s": float("inf")} for name in models}
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
+    best = {name: {"prefill_s": float("inf"), "decode_s": float("inf")} for name in models}
     for round_ in range(rounds + 1):  # round 0 warms up (allocations, oneDNN primitive caches)
         for name, (prefill_fn, step_fn) in models.items():
             q = qfeats[name]
@@ -163,7 +163,7 @@ def streaming_speed(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds
     chunk = codec.chunk_size
     steps = int(seconds * codec.frame_rate) // lm.toks_per_step
     best = {"prompt_rtf": float("inf"), "stream_rtf": float("inf"), "first_audio_ms": float("inf")}
-    for _ in range(rounds):
+    for _round in range(rounds):
         with lm.live(batch_size=batch, top_p=0.3, temp=0.8, seed=0) as live:
             start = time.perf_counter()
             for i in range(0, sig.shape[1], chunk):

@@ -294,10 +294,6 @@ class Generation:
             out.append(gen._account(toks, audio))
         return out
 
-    def step(self) -> np.ndarray | None:
-        """This generation's next chunk alone, or None once the requested length is out."""
-        return None if self.done else Generation.step_all([self])[0]
-
     def _account(self, toks: torch.Tensor, audio: torch.Tensor) -> np.ndarray:
         chunk = audio[0].float().cpu().numpy()[: self.total_samples - self.samples]
         self.samples += len(chunk)
