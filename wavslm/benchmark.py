@@ -16,6 +16,7 @@ lucadellalib/wavslm, or a `wavslm/` clone of it); this project never contains th
 built with the same weights and timed in the same rounds; the maximum logit difference is reported.
 """
 
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -123,7 +124,7 @@ def reference_lm(module, lm: WavSLM):
     state = {k.removeprefix("encoder."): v for k, v in lm.state_dict().items() if k.startswith("encoder.")}
     encoder.load_state_dict(state)
     encoder.eval()
-    head = lm.head
+    head = copy.deepcopy(lm.head)  # its own: converting ours (bfloat16 in place) must not touch the original's
 
     def prefill(q):
         feats, pos, caches = encoder(q)
