@@ -243,13 +243,16 @@ class LiveSession:
         self.session.reset()
         self.feats = self.state = None
 
+    def _check_usable(self) -> None:
+        if self.interrupted:
+            raise InputError("this live session's last generate was stopped mid-step; open a new session")
+
     @torch.inference_mode()
     def feed(self, sig: Tensor) -> Tensor:
         """Append prompt audio `sig (B, n)` at the codec's input rate; returns the tokens of the chunks it
         completed `(B, 4k)`, which the LM has already read. (Feeding after `generate` continues the
         conversation: the LM hears the new audio after its own continuation.)"""
-        if self.interrupted:
-            raise InputError("this live session's last generate was stopped mid-step; open a new session")
+        self._check_usable()
         toks = self.session.encode(sig)
         if toks.shape[1]:
             self.feats, self.state = _read(self.lm, self.session, toks, self.state)
@@ -261,8 +264,7 @@ class LiveSession:
         waveform decoder (for its state) and read by the LM, as `feed` does with the tokens it encodes."""
         if toks.shape[-1] % self.lm.toks_per_step:
             raise InputError(f"feed whole chunks of {self.lm.toks_per_step} tokens, got {toks.shape[-1]}")
-        if self.interrupted:
-            raise InputError("this live session's last generate was stopped mid-step; open a new session")
+        self._check_usable()
         self.feats, self.state = _read(self.lm, self.session, toks, self.state)
 
     @torch.inference_mode()
@@ -274,8 +276,7 @@ class LiveSession:
                              f"{self.codec.sample_rate_input} Hz) before generating")
         if steps < 1:
             raise InputError("steps must be at least 1")
-        if self.interrupted:
-            raise InputError("this live session's last generate was stopped mid-step; open a new session")
+        self._check_usable()
         self.interrupted = True  # until every step below has been read by the LM
         for _ in range(steps):  # the LM reads every step's tokens, so a further call continues from them
             new, qfeats = _sample(self.lm, self.session, self.feats, self.sampling, self.generators)
