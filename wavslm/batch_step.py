@@ -37,29 +37,25 @@ def read_together(lm: "WavSLM", qfeats: Tensor, states: list[TransformerState]) 
     C, W = lm.config.toks_per_step, lm.encoder.window_size
     if qfeats.shape[1] != C or any(s.pos % C or s.valid_from is not None or s.conv is not None for s in states):
         raise ValueError("read_together takes one whole chunk per row, for unpadded streams at chunk boundaries")
-    views = []  # per row: (first kept position, per-layer cached keys and values from it)
-    for s in states:
-        keep_from = max(0, s.pos + C - W)
-        first = s.caches[0].first_kept(keep_from)
-        views.append((first, [(c.k[:, :, first - c.start : c.length], c.v[:, :, first - c.start : c.length]) for c in s.caches]))
-    past = max(s.pos - first for s, (first, _) in zip(states, views, strict=True))
-    past = -(-past // C) * C  # the virtual positions keep the chunk grid
+    keep = [max(0, s.pos + C - W) for s in states]  # each row's earliest key still needed
+    firsts = [s.caches[0].first_kept(k) for s, k in zip(states, keep, strict=True)]
+    counts = [s.pos - first for s, first in zip(states, firsts, strict=True)]  # cached keys each row attends
+    past = -(-max(counts) // C) * C  # the virtual positions keep the chunk grid
     batch = []
     for layer in range(len(lm.encoder.layers)):
         cache = KVCache.empty(len(states), lm.encoder.num_heads, lm.encoder.head_dim, past + C, qfeats)
-        for row, (_, kv) in enumerate(views):
-            k, v = kv[layer]
-            cache.k[row, :, past - k.shape[2] : past] = k[0]
-            cache.v[row, :, past - v.shape[2] : past] = v[0]
+        for row, (s, first, n) in enumerate(zip(states, firsts, counts, strict=True)):
+            own = s.caches[layer]
+            cache.k[row, :, past - n : past] = own.k[0, :, first - own.start : own.length]
+            cache.v[row, :, past - n : past] = own.v[0, :, first - own.start : own.length]
         cache.length = past
         batch.append(cache)
-    valid_from = torch.tensor([past - (s.pos - first) for s, (first, _) in zip(states, views, strict=True)])
-    feats, _ = lm.encoder(qfeats, TransformerState(past, batch, None, valid_from.to(qfeats.device)))
+    valid_from = torch.tensor([past - n for n in counts], device=qfeats.device)
+    feats, _ = lm.encoder(qfeats, TransformerState(past, batch, None, valid_from))
     out = []
-    for row, s in enumerate(states):
-        keep_from = max(0, s.pos + C - W)
+    for row, (s, k) in enumerate(zip(states, keep, strict=True)):
         for own, shared in zip(s.caches, batch, strict=True):
-            own.append(shared.k[row : row + 1, :, past : past + C], shared.v[row : row + 1, :, past : past + C], keep_from)
+            own.append(shared.k[row : row + 1, :, past : past + C], shared.v[row : row + 1, :, past : past + C], k)
         out.append(TransformerState(s.pos + C, s.caches, None, None))
     return feats, out
 
