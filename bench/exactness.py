@@ -35,7 +35,7 @@ def deviation(make, vocab: int, batch: int, length: int = 148) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fixture", default="../shared/fixtures/reference/wavslm_tiny")
+    parser.add_argument("--fixture", default="tests/assets/reference/wavslm_tiny")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     for name, make, vocab, batch in (("fixture", lambda: WavSLM.from_pretrained(args.fixture), 64, 2),

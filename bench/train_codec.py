@@ -45,7 +45,7 @@ def codec_config(dim: int, bits: int) -> dict:
 
 def teacher(work: Path, size: str) -> Path:
     if size == "tiny":
-        return SHARED / "fixtures" / "reference" / "hf_wavlm_tiny"
+        return ROOT / "tests" / "assets" / "reference" / "hf_wavlm_tiny"
     torch.manual_seed(0)
     model = WavLM(WavLMConfig(hidden_dims=[256] * 7, num_layers=4, dim=256, ffn_dim=1024, num_heads=4, conv_pos=64,
                               conv_pos_groups=16, conv_bias=True, final_norm=True))

@@ -9,8 +9,8 @@ from wavslm import audio
 from wavslm.audio import check_signal, load_audio, resample, save_audio
 from wavslm.errors import InputError
 
-LIBRI_FLOAT = "librispeech-dev-clean/84/84-121123-0000.wav"  # 32-bit float, 16 kHz
-VOICEBANK_PCM16 = "voicebank-noisy-testset/p226_006.wav"  # 16-bit PCM, 48 kHz
+LIBRI = "librispeech-dev-clean/84/84-121123-0000.wav"  # 16-bit PCM, 16 kHz
+VOICEBANK_PCM16 = "voicebank-noisy-testset/p287_007.wav"  # 16-bit PCM, 48 kHz
 
 
 def sines(freqs, sr=16000, secs=0.25, amp=0.5):
@@ -31,8 +31,11 @@ def listing(folder):
 # --- real speech ---------------------------------------------------------------------------------
 
 
-def test_load_librispeech_float_wav(speech):
-    path = speech / LIBRI_FLOAT
+def test_load_librispeech_as_16_bit_and_float_wav(speech, tmp_path):
+    pcm16, _ = sf.read(speech / LIBRI, dtype="float32")
+    path = tmp_path / "float.wav"  # LibriSpeech as distributed in WAV form: 32-bit float samples
+    sf.write(path, pcm16, 16000, subtype="FLOAT")
+    torch.testing.assert_close(load_audio(speech / LIBRI)[0][0], torch.from_numpy(pcm16))
     sig, sr = load_audio(path)
     assert sr == 16000 and sig.dtype == torch.float32
     assert sig.shape == (1, sf.info(path).frames)
@@ -211,7 +214,7 @@ def test_bad_sample_rates(speech, rate):
     with pytest.raises(InputError, match=r"^new sample rate must be a positive number, got "):
         resample(x, 16000, rate)
     with pytest.raises(InputError, match=r"target sample rate for '.*' must be a positive number"):
-        load_audio(speech / LIBRI_FLOAT, sample_rate=rate)
+        load_audio(speech / LIBRI, sample_rate=rate)
 
 
 def test_resample_rejects_non_float():

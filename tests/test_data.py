@@ -55,9 +55,9 @@ def test_manifest_of_the_speech_folder(speech, tmp_path):
     out = tmp_path / "m.jsonl"
     summary = build_manifest(speech, out, progress=False)
     entries = read_manifest(out)
-    assert summary.num_files == len(entries) == 33 and summary.num_unreadable == 0
+    assert summary.num_files == len(entries) == 7 and summary.num_unreadable == 0
     paths = [e["path"] for e in entries]
-    assert paths == sorted(paths, key=lambda p: p.split("/")) and len(set(paths)) == 33
+    assert paths == sorted(paths, key=lambda p: p.split("/")) and len(set(paths)) == 7
     for e in entries:
         info = sf.info(e["path"])
         assert e["duration"] == pytest.approx(info.frames / info.samplerate, abs=1e-6)
@@ -67,13 +67,13 @@ def test_manifest_of_the_speech_folder(speech, tmp_path):
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()  # deterministic
 
     # Duration limits, and relative paths resolved against the manifest's folder.
-    short = build_manifest(speech, tmp_path / "sub" / "short.jsonl", max_duration=5.0, relative_paths=True,
+    short = build_manifest(speech, tmp_path / "sub" / "short.jsonl", max_duration=3.0, relative_paths=True,
                            progress=False)
-    assert short.num_files + short.num_filtered == 33 and 0 < short.num_files < 33
+    assert short.num_files + short.num_filtered == 7 and 0 < short.num_files < 7
     raw = [json.loads(line) for line in (tmp_path / "sub" / "short.jsonl").read_text().splitlines()]
-    assert all(not r["path"].startswith("/") and r["duration"] <= 5.0 for r in raw)
+    assert all(not r["path"].startswith("/") and r["duration"] <= 3.0 for r in raw)
     assert all(sf.info(e["path"]).frames for e in read_manifest(tmp_path / "sub" / "short.jsonl"))
-    assert len(read_manifest(out, min_duration=5.0)) == 33 - short.num_files
+    assert len(read_manifest(out, min_duration=3.0)) == 7 - short.num_files
 
 
 def test_corrupt_files_are_reported_not_fatal(speech, tmp_path):

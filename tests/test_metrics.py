@@ -16,8 +16,6 @@ from wavslm.audio import load_audio, save_audio
 from wavslm.errors import InputError
 from wavslm.eval import codec_eval, generation_eval, metrics
 
-pytestmark = pytest.mark.skipif(SPEECH is None or REFERENCE is None, reason="shared speech clips or fixtures not found")
-
 CLEAN = "librispeech-dev-clean/84/84-121123-0007.wav"  # 2.0 s, "what do you mean sir"
 NOISY_48K = "voicebank-noisy-testset/p287_007.wav"  # 3.4 s at 48 kHz
 

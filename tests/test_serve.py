@@ -21,7 +21,6 @@ from starlette.websockets import WebSocketDisconnect
 
 from wavslm.serve import Limits, create_app
 
-pytestmark = pytest.mark.skipif(REFERENCE is None or SPEECH is None, reason="reference fixtures or speech clips missing")
 RATE_OUT, CHUNK = 24000, 1920
 
 
