@@ -183,6 +183,11 @@ def test_eval_codec_writes_every_field(data, tmp_path, capsys):
     assert 1 <= mean["pesq"] <= 4.64 and -1 <= mean["stoi"] <= 1 and mean["mel_distance"] > 0
     assert all(1 <= mean[f"{p}dnsmos_{k}"] <= 5 for p in ("", "original_") for k in ("ovrl", "sig", "bak", "p808"))
     assert -1 <= mean["speaker_similarity"] <= 1 and mean["wer"] >= 0 and results["corpus_wer"] >= 0
+    # The fixture codec has random weights: its resynthesis is not speech, so voicing is mostly lost.
+    assert results["pyin_settings"] == {"sample_rate": 16000, "fmin": 60.0, "fmax": 400.0, "frame_length": 1024,
+                                        "hop_length": 160, "resolution": 0.1, "gross_error": 0.2}
+    assert 0.3 < mean["original_voiced_share"] < 0.9 and 0 <= mean["voiced_share"] <= 1
+    assert 0 <= mean["vde"] <= 1 and (mean["gpe"] is None or 0 <= mean["gpe"] <= 1)
     first = results["files"][0]
     assert first["tokens"] == 100 and abs(first["seconds"] - 2.0) < 0.05
     assert first["reference_text"] and isinstance(first["transcript"], str)

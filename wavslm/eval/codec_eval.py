@@ -4,6 +4,9 @@ Every file is encoded and decoded; the resynthesis (at the codec's output rate, 
 codecs) is resampled to 16 kHz and both signals are trimmed to the shorter before scoring:
 
     PESQ (wb), STOI, log-mel distance      resynthesis against the original
+    pitch and voicing                      pYIN tracks of both (`pyin_settings` in the JSON): voicing decision
+                                           error, gross pitch error (F0 off by > 20% where both are voiced),
+                                           F0 RMSE in cents, voiced share of each
     DNSMOS (ovrl, sig, bak, p808)          of the resynthesis, and of the original for reference
     speaker similarity                     original vs resynthesis (resemblyzer cosine)
     WER                                    pocketsphinx transcript of the resynthesis against the reference
@@ -31,6 +34,7 @@ from tqdm import tqdm
 
 from ..audio import load_audio, resample
 from ..errors import InputError
+from ..pitch import GROSS_ERROR, PYIN_SETTINGS
 from . import metrics
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -156,6 +160,7 @@ def _score_file(codec, path: Path, text: str | None) -> tuple[dict, torch.Tensor
         "pesq": metrics.pesq_wb(ref, rec, sr),
         "stoi": metrics.stoi(ref, rec, sr),
         "mel_distance": metrics.mel_distance(ref, rec, sr),
+        **_pitch_fields(metrics.pitch(ref, rec, sr)),
         **{f"dnsmos_{k}": v for k, v in metrics.dnsmos(rec, sr).items()},
         **{f"original_dnsmos_{k}": v for k, v in metrics.dnsmos(ref, sr).items()},
         "speaker_similarity": metrics.speaker_similarity(ref, rec, sr),
@@ -166,6 +171,12 @@ def _score_file(codec, path: Path, text: str | None) -> tuple[dict, torch.Tensor
         "transcript": transcript,
     }
     return record, toks[0].cpu()
+
+
+def _pitch_fields(errors: dict) -> dict:
+    """`metrics.pitch` under the result file's names: the original's voiced share beside the others."""
+    return {"vde": errors["vde"], "gpe": errors["gpe"], "f0_rmse_cents": errors["f0_rmse_cents"],
+            "voiced_share": errors["voiced_deg"], "original_voiced_share": errors["voiced_ref"]}
 
 
 def evaluate_codec(codec, files: Sequence[str | os.PathLike], texts: Sequence[str] | None = None,
@@ -204,6 +215,7 @@ def evaluate_codec(codec, files: Sequence[str | os.PathLike], texts: Sequence[st
         "bitrate_bps": metrics.bitrate(codec.frame_rate, codec.vocab_size),
         "codebook_usage": metrics.codebook_usage(torch.cat(all_toks), codec.vocab_size),
         "mel_settings": metrics.MEL_SETTINGS,
+        "pyin_settings": {**PYIN_SETTINGS, "gross_error": GROSS_ERROR},
         "mean": mean,
         # Errors over all reference words (files weighted by length), the usual corpus-level WER.
         "corpus_wer": sum(r["wer"] * r["reference_words"] for r in scored) / words if words else None,
@@ -242,7 +254,7 @@ def run(args: argparse.Namespace) -> dict:
         write_json(args.output, results)
         m = results["mean"]
         print(f"{args.output}: {results['num_files']} files; PESQ {m['pesq']:.2f}, STOI {m['stoi']:.3f}, "
-              f"mel {m['mel_distance']:.3f}, DNSMOS {m['dnsmos_ovrl']:.2f}, speaker sim {m['speaker_similarity']:.3f}, "
+              f"mel {m['mel_distance']:.3f}, VDE {_fmt(m['vde'])}, GPE {_fmt(m['gpe'])}, DNSMOS {m['dnsmos_ovrl']:.2f}, speaker sim {m['speaker_similarity']:.3f}, "
               f"WER {_fmt(results['corpus_wer'])}, {results['bitrate_bps']:g} b/s")
     return results
 

@@ -7,6 +7,8 @@ of them) and returns plain Python numbers, so results serialise to JSON as they 
 - `pesq_wb`:            wide-band PESQ (ITU-T P.862.2), MOS-LQO in [1.04, 4.64]; higher is better.
 - `stoi`:               short-time objective intelligibility, a mean correlation, in [-1, 1] (speech: ~[0.3, 1]).
 - `mel_distance`:       mean L1 distance of log-mel spectrograms (`MEL_SETTINGS`); 0 for identical signals.
+- `pitch`:              pYIN tracks of both (`pitch.PYIN_SETTINGS`): voicing decision error, gross pitch error,
+                        F0 RMSE in cents, and the voiced share of each.
 - `dnsmos`:             DNSMOS P.835 (sig, bak, ovrl) and P.808 MOS, non-intrusive, roughly [1, 5].
 - `speaker_similarity`: cosine of resemblyzer utterance embeddings, in [-1, 1].
 - `transcribe`, `transcribe_words`: pocketsphinx (US English acoustic model and LM shipped in its wheel).
@@ -30,6 +32,8 @@ import torch
 
 from ..audio import resample
 from ..errors import InputError
+from ..pitch import PYIN_SETTINGS, track
+from ..pitch import errors as pitch_errors
 
 RATE = 16000  # every metric model here works at 16 kHz
 
@@ -136,6 +140,14 @@ def mel_distance(ref, deg, sr: int) -> float:
     """Mean absolute difference of the `log_mel` spectrograms of `ref` and `deg` (trimmed to the shorter)."""
     ref, deg = _pair16k(ref, deg, sr, MIN_SECONDS)
     return float(np.abs(log_mel(ref, RATE) - log_mel(deg, RATE)).mean())
+
+
+def pitch(ref, deg, sr: int) -> dict[str, float | None]:
+    """Pitch and voicing of `deg` against `ref` (trimmed to the shorter), from pYIN tracks with
+    `PYIN_SETTINGS`: `{"vde", "gpe", "f0_rmse_cents", "voiced_ref", "voiced_deg"}` (see `wavslm.pitch`)."""
+    ref, deg = _pair16k(ref, deg, sr, MIN_SECONDS)
+    settings = {k: v for k, v in PYIN_SETTINGS.items() if k != "sample_rate"}
+    return pitch_errors(*track(ref, RATE, **settings), *track(deg, RATE, **settings))
 
 
 # ---- non-intrusive metrics ----------------------------------------------------------------------------
