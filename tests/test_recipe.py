@@ -43,9 +43,13 @@ def test_every_stage_ran_and_the_report_holds_every_metric(run):
     codec = report["eval"]["codec"]
     assert codec["num_files"] == 2 and -1.0 <= codec["mean"]["stoi"] <= 1.0 and codec["bitrate_bps"] == 400
     assert report["eval"]["generation"]["num_continuations"] == 1
-    stoi = report["codec_stoi_by_stage"]  # measured after each codec sub-stage, along the path it trained
-    assert list(stoi) == list(CODEC_STEPS) and all(-1.0 <= v <= 1.0 for v in stoi.values())
-    assert json.loads((run / "run" / "codec_joint" / "stoi.json").read_text()) == {"stoi": stoi["joint"], "files": 2}
+    by_stage = report["codec_by_stage"]  # measured after each codec sub-stage, along the path it trained
+    assert list(by_stage) == list(CODEC_STEPS)
+    for scores in by_stage.values():
+        assert sorted(scores) == ["f0_rmse_cents", "gpe", "stoi", "vde"]
+        assert -1.0 <= scores["stoi"] <= 1.0 and 0.0 <= scores["vde"] <= 1.0
+    saved = json.loads((run / "run" / "codec_joint" / "scores.json").read_text())
+    assert saved == {**by_stage["joint"], "files": 2}
 
 
 def test_a_second_run_skips_every_finished_stage(run, capsys):

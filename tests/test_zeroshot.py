@@ -21,6 +21,7 @@ from wavslm.eval.zeroshot import (
     configure,
     encode_clips,
     evaluate,
+    interval,
     item_accuracy,
     pair_accuracy,
     score_rows,
@@ -48,7 +49,9 @@ def test_summarize_swuggy_in_vocab_and_sblimp_types():
     pairs = [_pair("w1", in_vocab=True), _pair("w1", in_vocab=True), _pair("w2", in_vocab=False), _pair("w3", in_vocab=True)]
     result = summarize("swuggy", pairs, [1, 0.5, 0, 1])
     assert result["accuracy"] == pytest.approx((0.75 + 0 + 1) / 3)
-    assert result["subsets"]["in-vocab"] == {"accuracy": pytest.approx((0.75 + 1) / 2), "num_pairs": 3}
+    assert result["subsets"]["in-vocab"] == {"accuracy": pytest.approx((0.75 + 1) / 2), "num_pairs": 3,
+                                             "ci95": pytest.approx(interval((0.75 + 1) / 2, 2))}  # 2 items
+    assert result["ci95"] == pytest.approx(interval((0.75 + 0 + 1) / 3, 3))
     pairs = [_pair("s1", type="morph"), _pair("s1", type="morph"), _pair("s2", type="syntax"), _pair("s3", type="syntax")]
     result = summarize("sblimp", pairs, [1, 0, 1, 0])
     assert result["accuracy"] == pytest.approx((0.5 + 1 + 0) / 3)
@@ -58,8 +61,24 @@ def test_summarize_swuggy_in_vocab_and_sblimp_types():
 def test_summarize_salmon_is_the_mean_over_parts():
     pairs = [_pair("x/0", part="x"), _pair("y/0", part="y"), _pair("y/1", part="y"), _pair("y/2", part="y")]
     result = summarize("salmon", pairs, [1, 0, 0, 1])
-    assert result["subsets"]["y"] == {"accuracy": pytest.approx(1 / 3), "num_pairs": 3}
+    assert result["subsets"]["y"] == {"accuracy": pytest.approx(1 / 3), "num_pairs": 3,
+                                      "ci95": pytest.approx(interval(1 / 3, 3))}
     assert result["accuracy"] == pytest.approx((1 + 1 / 3) / 2)  # not the pair mean (0.5)
+
+
+def test_wilson_interval():
+    """Wilson's score interval, checked against its closed form at a few points and the widths the suite
+    sizes promise: +-0.096 at 100 items, +-0.044 at 500 (accuracy 0.5)."""
+    low, high = interval(0.5, 100)
+    assert high - low == pytest.approx(2 * 0.0962, abs=1e-3)
+    low, high = interval(0.5, 500)
+    assert high - low == pytest.approx(2 * 0.0437, abs=1e-3)
+    assert interval(0.0, 10)[0] == 0.0 and interval(0.0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
+    assert interval(1.0, 10)[1] == pytest.approx(1.0) and interval(1.0, 10)[0] == pytest.approx(0.7225, abs=1e-4)
+    low, high = interval(0.54, 100)
+    assert low < 0.5 < high  # 0.54 over 100 items cannot be told from chance
+    low, _ = interval(0.54, 2000)
+    assert low > 0.5
 
 
 def test_batches_group_lengths_equal_mod_4_sorted():
@@ -274,7 +293,8 @@ def test_storycloze_folder_end_to_end(lm, pool, tmp_path):
     outcomes = {k: [_outcome(m, a, b) for a, b in v] for k, v in stories.items()}
     results = _cli("--task", "storycloze", "--data", tmp_path, "--model", lm_path())
     assert results["accuracy"] == pytest.approx(sum(sum(v) for v in outcomes.values()) / 3)
-    assert results["subsets"]["sSC"] == {"accuracy": pytest.approx(sum(outcomes["sSC"]) / 2), "num_pairs": 2}
+    assert results["subsets"]["sSC"] == {"accuracy": pytest.approx(sum(outcomes["sSC"]) / 2), "num_pairs": 2,
+                                         "ci95": pytest.approx(interval(sum(outcomes["sSC"]) / 2, 2))}
 
     (tmp_path / "tSC" / "story0_correct.wav").unlink()
     with pytest.raises(InputError, match=r"story0_incorrect.wav' has no partner: no story0_correct audio"):

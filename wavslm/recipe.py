@@ -50,7 +50,7 @@ class EvalConfig:
     prompt_seconds: float = 3.0
     seconds: float = 3.0
     batch_size: int = 16
-    stage_files: int = 8  # held-out utterances whose STOI is measured after each codec sub-stage (0: none)
+    stage_files: int = 8  # held-out utterances whose STOI and pitch are measured after each codec sub-stage (0: none)
 
 
 @dataclass
@@ -164,15 +164,17 @@ class Recipe:
                      *self.recipe.codec_steps.get(step, [])]
         self._train("codec", self.run_dir / f"codec_{step}", overrides)
         if self.recipe.eval.stage_files:
-            from .eval.recipe_eval import held_out_files, stage_stoi
+            from .eval.recipe_eval import held_out_files, stage_scores
             from .train.codec_stage import CodecStageConfig
 
             layers = self.sections.get("codec", {}).get("teacher_layers", CodecStageConfig.teacher_layers)
             files = held_out_files(self.corpus / "test.jsonl", self.recipe.eval.stage_files)
-            score = stage_stoi("joint" if step == "finetune" else step, self.run_dir / f"codec_{step}" / "export" / "codec",
-                               self.run_dir / "ssl" / "export", layers, files)
-            _write_json(self.run_dir / f"codec_{step}" / "stoi.json", {"stoi": score, "files": len(files)})
-            print(f"recipe: codec {step}: STOI {score:.3f} on {len(files)} held-out utterances", flush=True)
+            scores = stage_scores("joint" if step == "finetune" else step,
+                                  self.run_dir / f"codec_{step}" / "export" / "codec", self.run_dir / "ssl" / "export",
+                                  layers, files)
+            _write_json(self.run_dir / f"codec_{step}" / "scores.json", {**scores, "files": len(files)})
+            print(f"recipe: codec {step}: STOI {scores['stoi']:.3f}, VDE {_fmt(scores['vde'])}, GPE "
+                  f"{_fmt(scores['gpe'])} on {len(files)} held-out utterances", flush=True)
 
     @property
     def codec_dir(self) -> Path:
@@ -217,10 +219,10 @@ class Recipe:
 
     def report(self) -> dict:
         evaluation = json.loads((self.run_dir / "eval.json").read_text())
-        stoi = {step: json.loads(path.read_text())["stoi"] for step in CODEC_STEPS
-                if (path := self.run_dir / f"codec_{step}" / "stoi.json").is_file()}
+        by_stage = {step: {k: v for k, v in json.loads(path.read_text()).items() if k != "files"}
+                    for step in CODEC_STEPS if (path := self.run_dir / f"codec_{step}" / "scores.json").is_file()}
         report = {"run_dir": str(self.run_dir), "seconds": self.timings,
-                  "total_seconds": sum(self.timings.values()), "codec_stoi_by_stage": stoi, "eval": evaluation}
+                  "total_seconds": sum(self.timings.values()), "codec_by_stage": by_stage, "eval": evaluation}
         _write_json(self.run_dir / "report.json", report)
         return report
 
@@ -304,18 +306,22 @@ def model_card(report: dict, run_dir: Path, folder: Path, command: str) -> str:
         got = _metric(e, where, key)
         lines.append(f"| {name} | ≥ {want:.2f} | {got:.3f} | {'yes' if got >= want else 'no'} |")
     lines += ["", "Every metric of the recipe's report (`report.json` beside this file):", "",
-              "| synthetic suite | accuracy | pairs |", "|---|---|---|"]
+              "| synthetic suite | accuracy | 95% interval | pairs |", "|---|---|---|---|"]
     for name, r in e.get("synthetic_suite", {}).items():
-        lines.append(f"| {name} | {r['accuracy']:.3f} | {r['num_pairs']} |")
+        ci = r.get("ci95")
+        lines.append(f"| {name} | {r['accuracy']:.3f} | {'n/a' if ci is None else f'{ci[0]:.3f}-{ci[1]:.3f}'} | "
+                     f"{r['num_pairs']} |")
     lines += ["", f"Codec resynthesis of {e['codec']['num_files']} held-out utterances "
               f"(WER against {e['codec']['wer_reference']}):", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in e["codec"]["mean"].items() if isinstance(v, float)]
     lines += [f"| codebook {k} | {v:.3f} |" for k, v in e["codec"]["codebook_usage"].items()]
-    if report.get("codec_stoi_by_stage"):
-        lines += ["", "STOI after each codec sub-stage, on held-out utterances, along the path that sub-stage trained "
-                  "(decoder: the teacher's own features; encoder: the causal encoder's, unquantised; quantizer and "
-                  "joint: through the tokens):", "", "| sub-stage | STOI |", "|---|---|",
-                  *[f"| {k} | {v:.3f} |" for k, v in report["codec_stoi_by_stage"].items()]]
+    if report.get("codec_by_stage"):
+        lines += ["", "STOI and pitch after each codec sub-stage, on held-out utterances, along the path that "
+                  "sub-stage trained (decoder: the teacher's own features; encoder: the causal encoder's, "
+                  "unquantised; quantizer and joint: through the tokens):", "",
+                  "| sub-stage | STOI | voicing error | gross pitch error | F0 RMSE (cents) |", "|---|---|---|---|---|",
+                  *[f"| {k} | {_fmt(v.get('stoi'))} | {_fmt(v.get('vde'))} | {_fmt(v.get('gpe'))} | "
+                    f"{_fmt(v.get('f0_rmse_cents'), 0)} |" for k, v in report["codec_by_stage"].items()]]
     g = e["generation"]
     lines += ["", f"Generation: {g['num_continuations']} continuations of {g['settings']['prompt_seconds']} s "
               f"held-out prompts, {g['settings']['seconds']} s each (top-p {g['settings']['top_p']}, "
@@ -324,6 +330,10 @@ def model_card(report: dict, run_dir: Path, folder: Path, command: str) -> str:
     lines += [f"| {k} | {v:.3f} |" for k, v in g["mean"].items() if isinstance(v, float)]
     lines += ["", f"Intelligibility measure: {g['intelligibility']}", ""]
     return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _write_json(path: Path, values: dict) -> None:

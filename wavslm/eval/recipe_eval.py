@@ -34,12 +34,16 @@ def held_out_files(manifest: str | Path, count: int) -> list[Path]:
     return files
 
 
-def stage_stoi(step: str, codec_ref: str | Path, teacher_ref: str | Path, teacher_layers: int,
-               files: list[Path]) -> float:
-    """Mean STOI of `files` resynthesised along the path codec sub-stage `step` trained, so a run shows
-    where intelligibility is lost: decoder: the teacher's features -> decoder (the codec's ceiling);
-    posemb/encoder: the causal encoder's features -> decoder; quantizer: tokens -> decompressor without
-    its refiner -> decoder; joint (and the decoder's fine-tune after it): the whole codec."""
+STAGE_METRICS = ("stoi", "vde", "gpe", "f0_rmse_cents")
+
+
+def stage_scores(step: str, codec_ref: str | Path, teacher_ref: str | Path, teacher_layers: int,
+                 files: list[Path]) -> dict[str, float | None]:
+    """Mean STOI, voicing decision error, gross pitch error and F0 RMSE (cents) of `files` resynthesised along
+    the path codec sub-stage `step` trained, so a run shows where intelligibility and pitch are lost: decoder:
+    the teacher's features -> decoder (the codec's ceiling); posemb/encoder: the causal encoder's features ->
+    decoder; quantizer: tokens -> decompressor without its refiner -> decoder; joint (and the decoder's
+    fine-tune after it): the whole codec. A pitch error is averaged over the files where it is defined."""
     import torch
 
     from ..audio import load_audio, resample
@@ -49,7 +53,7 @@ def stage_stoi(step: str, codec_ref: str | Path, teacher_ref: str | Path, teache
 
     codec = Codec.from_pretrained(codec_ref).eval()
     teacher = load_teacher(str(teacher_ref), teacher_layers) if step == "decoder" else None
-    scores = []
+    scores: dict[str, list[float]] = {k: [] for k in STAGE_METRICS}
     for path in files:
         sig, _ = load_audio(path, sample_rate=codec.sample_rate_input, mono=True)
         with torch.inference_mode():
@@ -65,8 +69,12 @@ def stage_stoi(step: str, codec_ref: str | Path, teacher_ref: str | Path, teache
         ref = resample(sig.reshape(-1), codec.sample_rate_input, metrics.RATE)
         rec = resample(out.reshape(-1), codec.sample_rate_output, metrics.RATE)
         n = min(len(ref), len(rec))
-        scores.append(metrics.stoi(ref[:n].numpy(), rec[:n].numpy(), metrics.RATE))
-    return sum(scores) / len(scores)
+        ref, rec = ref[:n].numpy(), rec[:n].numpy()
+        measured = {"stoi": metrics.stoi(ref, rec, metrics.RATE), **metrics.pitch(ref, rec, metrics.RATE)}
+        for key in STAGE_METRICS:
+            if measured[key] is not None:
+                scores[key].append(measured[key])
+    return {k: sum(v) / len(v) if v else None for k, v in scores.items()}
 
 
 def evaluate_run(lm_dir: str | Path, test_manifest: str | Path, bench_dir: str | Path | None, cfg) -> dict:
@@ -84,7 +92,7 @@ def evaluate_run(lm_dir: str | Path, test_manifest: str | Path, bench_dir: str |
         for name, (task, folder) in SUITE.items():
             pairs = load_pairs(task, Path(bench_dir) / folder, "dev")
             scored = evaluate(lm, pairs, task, "mean", cfg.batch_size)
-            suite[name] = {"accuracy": scored["accuracy"], "num_pairs": scored["num_pairs"],
+            suite[name] = {"accuracy": scored["accuracy"], "ci95": scored["ci95"], "num_pairs": scored["num_pairs"],
                            "subsets": scored.get("subsets", {})}
             log.info("%s: accuracy %.3f over %d pairs", name, scored["accuracy"], scored["num_pairs"])
         results["synthetic_suite"] = suite

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -126,16 +127,32 @@ def item_accuracy(outcomes: Sequence[float], items: Sequence[str]) -> float:
     return sum(sum(v) / len(v) for v in by_item.values()) / len(by_item)
 
 
+Z95 = 1.959964  # two-sided 95% quantile of the normal distribution
+
+
+def interval(accuracy: float, items: int) -> list[float]:
+    """Wilson's 95% score interval for an accuracy over `items` independent items (100 items: +-0.096
+    at 0.5; 500: +-0.044). An item scored by several voices counts once: its voices are not independent."""
+    z2 = Z95**2 / items
+    centre = (accuracy + z2 / 2) / (1 + z2)
+    half = Z95 * math.sqrt(accuracy * (1 - accuracy) / items + z2 / (4 * items)) / (1 + z2)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
 def summarize(task: str, pairs: Sequence[Pair], outcomes: Sequence[float]) -> dict[str, Any]:
-    """Overall accuracy and `subsets` (name -> accuracy, pairs) for `task`, from per-pair outcomes.
+    """Overall accuracy, its 95% interval (`ci95`) and `subsets` (name -> accuracy, ci95, pairs) for `task`.
 
     sWUGGY: "all" and "in-vocab"; sBLIMP: each `type`; both averaged over voices, then items.
     SALMon: each part, the overall being the mean over parts. StoryCloze: each subset folder.
+    Intervals are Wilson's over the items (`interval`).
     """
     def subset(keep) -> dict[str, Any]:
         chosen = [i for i, p in enumerate(pairs) if keep(p)]
-        value = item_accuracy([outcomes[i] for i in chosen], [pairs[i].item for i in chosen]) if chosen else None
-        return {"accuracy": value, "num_pairs": len(chosen)}
+        if not chosen:
+            return {"accuracy": None, "ci95": None, "num_pairs": 0}
+        value = item_accuracy([outcomes[i] for i in chosen], [pairs[i].item for i in chosen])
+        return {"accuracy": value, "ci95": interval(value, len({pairs[i].item for i in chosen})),
+                "num_pairs": len(chosen)}
 
     def by(key: str) -> dict[str, dict[str, Any]]:
         return {v: subset(lambda p, v=v: p.meta[key] == v) for v in sorted({p.meta[key] for p in pairs})}
@@ -150,7 +167,7 @@ def summarize(task: str, pairs: Sequence[Pair], outcomes: Sequence[float]) -> di
         overall = sum(s["accuracy"] for s in subsets.values()) / len(subsets)
     else:
         subsets, overall = by("subset"), subset(lambda p: True)["accuracy"]
-    return {"accuracy": overall, "subsets": subsets}
+    return {"accuracy": overall, "ci95": interval(overall, len({p.item for p in pairs})), "subsets": subsets}
 
 
 # ---- the whole evaluation -----------------------------------------------------------------------
@@ -222,9 +239,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_summary(results: dict[str, Any]) -> str:
     split = f" {results['split']}" if results.get("split") else ""
-    lines = [f"{results['task']}{split}: {results['num_pairs']} pairs, accuracy {_percent(results['accuracy'])}"]
-    lines += [f"  {name}: {_percent(s['accuracy'])} ({s['num_pairs']} pairs)" for name, s in results["subsets"].items()]
+    lines = [f"{results['task']}{split}: {results['num_pairs']} pairs, accuracy {_percent(results['accuracy'])}"
+             f"{_range(results.get('ci95'))}"]
+    lines += [f"  {name}: {_percent(s['accuracy'])}{_range(s.get('ci95'))} ({s['num_pairs']} pairs)"
+              for name, s in results["subsets"].items()]
     return "\n".join(lines)
+
+
+def _range(ci95: list[float] | None) -> str:
+    return "" if ci95 is None else f" (95% CI {100 * ci95[0]:.1f}-{100 * ci95[1]:.1f}%)"
 
 
 def _percent(value: float | None) -> str:
