@@ -214,3 +214,44 @@ def test_a_pickled_teacher_loads_only_with_teacher_allow_pickle(tmp_path):
     pickled = load_teacher(str(folder), 2, allow_pickle=True).state_dict()
     plain = load_teacher(str(REFERENCE / "hf_wavlm_tiny"), 2).state_dict()
     assert pickled.keys() == plain.keys() and all(torch.equal(pickled[k], plain[k]) for k in plain)
+
+
+HARMONIC = {"input_dim": 64, "num_layers": 2, "dim": 64, "ffn_dim": 128, "kernel_size": 7, "hop_length": 480,
+            "sample_rate": 24000, "num_harmonics": 32, "envelope_bins": 16, "noise_bands": 8}
+
+
+def test_a_trained_codec_takes_a_harmonic_decoder_that_learns_pitch_and_nothing_else_moves(chain, setup, tmp_path):
+    """decoder_input codec with a codec config that names another decoder: a fresh HarmonicNoise decoder on the
+    joint codec's tokens, taught pYIN's F0 and voicing; every other part keeps the joint run's weights."""
+    _, config, _ = setup
+    codec = {**TOY_CODEC, "decoder_name": "HarmonicNoise", "decoder_config": HARMONIC}
+    run = tmp_path / "harmonic"
+    overrides = ["step=decoder", "decoder_input=codec", f"init_from={chain['joint'] / 'export'}", "train.steps=30",
+                 "train.lr=3e-3", "train.valid_every=30", "train.save_every=30", "data.segment_seconds=0.5",
+                 "loss.adv=0", "loss.fm=0", "loss.stft=1.0"]
+    train("codec", run, config, [*overrides, f"codec={json.dumps(codec)}"])
+    before, after = weights(chain["joint"]), weights(run)
+    assert all(torch.equal(v, after[k]) for k, v in before.items() if not k.startswith("decoder."))
+    assert any(k.startswith("decoder.head") for k in after) and not any("noise_table" in k for k in after)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    f0 = [r["f0"] for r in rows if r["split"] == "train"]
+    assert sum(f0[-5:]) / 5 < 0.7 * sum(f0[:5]) / 5, f0[::5]  # octaves off on voiced frames: it learns F0
+    valid = [r for r in rows if r["split"] == "valid"][-1]
+    assert 0 <= valid["vde"] <= 1 and 0 <= valid["gpe"] <= 1
+    loaded = Codec.from_pretrained(run / "export" / "codec")
+    assert loaded.config.decoder_name == "HarmonicNoise" and loaded.sample_rate_output == 24000
+    sig, _ = load_audio(setup[2][1], sample_rate=16000, mono=True)
+    assert loaded.decode(loaded.encode(sig)).shape[1] == sig.shape[1] // 320 * 480
+
+
+def test_the_pitch_probe_trains_with_the_tokens_and_is_not_exported(chain, setup, tmp_path):
+    _, config, _ = setup
+    run = tmp_path / "joint_pitch"
+    train("codec", run, config, ["step=joint", f"init_from={chain['quantizer'] / 'export'}", "train.steps=6",
+                                 "train.valid_every=6", "train.save_every=6", "loss.pitch=1.0"])
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert all(r["probe_f0"] > 0 and 0 < r["probe_voicing"] and 0 <= r["probe_gpe"] <= 1 for r in train_rows)
+    assert all(abs(r["loss"] - (r["mse"] + 0.1 * r["entropy"] + r["probe_f0"] + r["probe_voicing"])) < 1e-3
+               for r in train_rows)
+    assert set(weights(run)) == set(weights(chain["joint"]))  # the probe is a training aid only

@@ -22,6 +22,7 @@ from .config import from_dict
 from .errors import InputError
 from .modules.bsq import BinarySphericalQuantizer
 from .modules.focal import FocalCompressor, FocalDecompressor
+from .modules.harmonic import HarmonicNoise, HarmonicNoiseConfig
 from .modules.state import clone_state, map_state, stack_states
 from .modules.vocos import Vocos, VocosConfig
 from .modules.wavenext import WaveNeXt, WaveNeXtConfig
@@ -35,6 +36,7 @@ _PARTS: dict[str, dict[str, Callable[[dict], nn.Module]]] = {
     "decoder": {
         "WaveNeXt": lambda c: WaveNeXt(WaveNeXtConfig.from_dict(c)),
         "Vocos": lambda c: Vocos(VocosConfig.from_dict(c)),
+        "HarmonicNoise": lambda c: HarmonicNoise(HarmonicNoiseConfig.from_dict(c)),
     },
 }
 
@@ -71,6 +73,10 @@ class Codec(nn.Module):
                 f"the compressor emits {self.compressor.config.output_dim} dims but the quantizer needs "
                 f"{self.quantizer.bits} (codebook_size {self.quantizer.codebook_size})"
             )
+        declared = getattr(self.decoder, "sample_rate", None)  # a decoder that synthesises at a set rate
+        if declared is not None and declared != self.sample_rate_output:
+            raise InputError(f"the decoder synthesises at {declared} Hz but the codec's frames give "
+                             f"{self.sample_rate_output} Hz (frame rate x hop_length); make them agree")
 
     # ---- rates and sizes --------------------------------------------------------------------------
 

@@ -95,7 +95,7 @@ class AudioSegments(Dataset):
         length = sig.shape[0]
         if self.segment_samples is not None and length < self.segment_samples:
             sig = torch.nn.functional.pad(sig, (0, self.segment_samples - length))
-        return {"sig": sig.contiguous(), "length": length, "index": index}
+        return {"sig": sig.contiguous(), "length": length, "index": index, "path": path}
 
     def _read_native(self, path: str, index: int, epoch: int) -> Tensor | None:
         """Read just the crop when the file is already at `sample_rate` (no resampling to do).

@@ -16,12 +16,15 @@ discriminator (`export/discriminator.safetensors`) after a decoder run, so a lat
 """
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
@@ -36,7 +39,7 @@ from ..presets import focalcodec_stream
 from . import codec_steps as steps
 from .discriminators import hifigan_discriminator
 from .loop import TrainConfig
-from .losses import bsq_entropy_loss, feature_mse, layerwise_feature_mse, mel_loss
+from .losses import bsq_entropy_loss, feature_mse, layerwise_feature_mse, mel_loss, multi_resolution_stft_loss
 
 log = logging.getLogger("wavslm.train")
 
@@ -72,6 +75,13 @@ class CodecLossConfig:
     diversity_gamma: float = 1.0
     mel_n_fft: int = 1024
     mel_bands: int = 80  # hop = the decoder's, 0 Hz to Nyquist
+    # A decoder that predicts F0 and voicing (HarmonicNoise) is taught them from pYIN tracks of the input:
+    f0: float = 10.0  # L1 of log2 F0 (octaves) on frames pYIN calls voiced
+    voicing: float = 5.0  # binary cross-entropy of the voicing against pYIN's decision
+    stft: float = 0.0  # multi-resolution STFT loss (spectral convergence + log magnitude)
+    # quantizer and joint: a linear probe on the decompressed features is taught pYIN's F0 and voicing
+    # alongside them, so the tokens keep the pitch a harmonic decoder needs (0: off)
+    pitch: float = 0.0
 
 
 @dataclass
@@ -145,7 +155,8 @@ class CodecStage:
         if not cfg.data.train:
             raise InputError("codec stage: data.train (a JSONL manifest of audio files) is required")
         self.cfg, self.step = cfg, cfg.step
-        need_teacher = cfg.step != "quantizer" or not cfg.init_from
+        # A quantizer run on a trained encoder, and a decoder fine-tune on the codec's own tokens, need no teacher.
+        need_teacher = not (cfg.init_from and (cfg.step == "quantizer" or cfg.decoder_input == "codec"))
         self.teacher = steps.load_teacher(cfg.teacher, cfg.teacher_layers, cfg.teacher_allow_pickle).to(device) if need_teacher else None
         self.codec = self._build_codec(steps.teacher_config(cfg.teacher, cfg.teacher_allow_pickle)).to(device).eval().requires_grad_(False)
         self._check()
@@ -181,7 +192,16 @@ class CodecStage:
             codec = Codec.from_pretrained(ref)
             if wanted is not None:
                 with torch.device("meta"):
-                    _check_same(_parts(Codec(wanted)), _parts(codec), f"init_from '{ref}'")
+                    want = _parts(Codec(wanted))
+                # A decoder run may give a trained codec a new decoder (another architecture, fresh weights).
+                swap = cfg.step == "decoder" and want["decoder"] != _parts(codec)["decoder"]
+                _check_same(want, _parts(codec), f"init_from '{ref}'",
+                            parts=tuple(p for p in PARTS if p != "decoder") if swap else PARTS)
+                if swap:
+                    log.info("codec stage: init_from '%s' with a new %s decoder", ref, wanted.decoder_name)
+                    state = {k: v for k, v in codec.state_dict().items() if not k.startswith("decoder.")}
+                    codec = Codec(wanted)
+                    codec.load_state_dict({**codec.state_dict(), **state})
         elif wanted is None:
             raise InputError("codec stage: a fresh run (no init_from) needs the codec's architecture in 'codec'")
         else:
@@ -233,10 +253,11 @@ class CodecStage:
             return {"posemb": codec.encoder.encoder.positional_embedding}
         if self.step == "encoder":
             return {"encoder": steps.LayerStudent(codec.encoder)}
+        probe = {"pitch_probe": nn.Linear(codec.feature_dim, 2)} if self.cfg.loss.pitch else {}
         if self.step == "quantizer":
             unrefined = steps.without_refiner(codec.decompressor)
-            return {"quantizer": steps.QuantizedStudent(None, codec.compressor, unrefined)}
-        return {"codec": steps.QuantizedStudent(codec.encoder, codec.compressor, codec.decompressor)}
+            return {"quantizer": steps.QuantizedStudent(None, codec.compressor, unrefined), **probe}
+        return {"codec": steps.QuantizedStudent(codec.encoder, codec.compressor, codec.decompressor), **probe}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         def trained(*nets: nn.Module) -> list[nn.Parameter]:
@@ -277,7 +298,45 @@ class CodecStage:
         batch = collate_segments(items)
         if self.step == "decoder":  # the target is at the output rate; the teacher listens at 16 kHz
             batch["sig_in"] = resample(batch["sig"], self.out_rate, Codec.sample_rate_input)
+            if hasattr(self.codec.decoder, "controls"):
+                batch["f0"], batch["voiced"] = self._pitch_targets(batch["sig_in"])
+        elif "pitch_probe" in self.nets:
+            batch["f0"], batch["voiced"] = self._utterance_pitch(items)
         return batch
+
+    def _utterance_pitch(self, items: list[dict]) -> tuple[Tensor, Tensor]:
+        """pYIN F0 `(B, T)` (0 where unvoiced, -1 past the end) and voicing `(B, T)` of whole utterances, one frame per codec
+        frame; each utterance is tracked once and kept (the feature stages read whole files, epoch after epoch)."""
+        from ..pitch import track
+
+        hop = self.codec.samples_per_token
+        cache = self.__dict__.setdefault("_pitch_cache", {})
+        rows = []
+        for item in items:
+            if item["path"] not in cache:
+                sig = item["sig"][hop // 2 : item["length"]].numpy()  # frame t centred on its token's samples
+                f0, voiced = track(sig, Codec.sample_rate_input, fmin=50.0, fmax=600.0, hop_length=hop, resolution=0.25)
+                cache[item["path"]] = (torch.from_numpy(np.nan_to_num(f0)).float(), torch.from_numpy(voiced).float())
+            rows.append(cache[item["path"]])
+        size = max(len(f0) for f0, _ in rows)
+        f0 = torch.full((len(rows), size), -1.0)  # -1: past the utterance's end
+        voiced = torch.zeros(len(rows), size)
+        for i, (a, b) in enumerate(rows):
+            f0[i, : len(a)], voiced[i, : len(b)] = a, b
+        return f0, voiced
+
+    def _pitch_targets(self, sig_in: Tensor) -> tuple[Tensor, Tensor]:
+        """pYIN F0 `(B, S)` (Hz, 0 where unvoiced) and voicing `(B, S)` of the crop's middle frames, each
+        track frame centred on its codec frame's samples."""
+        from ..pitch import track
+
+        hop = self.codec.encoder.config.hop_length
+        dec = self.codec.decoder.config
+        start = self.context * hop + hop // 2
+        f0, voiced = track(sig_in[:, start : start + self.frames * hop].numpy(), Codec.sample_rate_input,
+                           fmin=max(dec.f0_min, 50.0), fmax=min(dec.f0_max, 600.0), hop_length=hop, resolution=0.25)
+        f0, voiced = torch.from_numpy(f0[:, : self.frames]), torch.from_numpy(voiced[:, : self.frames])
+        return torch.nan_to_num(f0).float(), voiced.float()
 
     # ---- steps ------------------------------------------------------------------------------------
 
@@ -287,22 +346,46 @@ class CodecStage:
             yield "main", loss, metrics
             return
         feats, real = self._decoder_pair(batch)
-        fake = steps.fit_length(self.nets["generator"](feats)[0], real.shape[1])
+        fake, pitch = self._generate(feats, real, batch)
         # Both optimizers step after the batch, so D and G see the same discriminator weights.
         disc_loss, real_feats = steps.discriminator_step(self.nets["discriminator"], real, fake)
         yield "disc", disc_loss, {"disc_loss": disc_loss.item()}
         terms = steps.generator_losses(self.raw["discriminator"], fake, real, real_feats, self.out_rate, self._mel())
         w = self.cfg.loss
         loss = w.mel * terms["mel"] + w.adv * terms["adv"] + w.fm * terms["fm"]
-        yield "gen", loss, {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+        if w.stft:
+            terms["stft"] = multi_resolution_stft_loss(fake, real)
+            loss = loss + w.stft * terms["stft"]
+        if pitch:
+            loss = loss + w.f0 * pitch["f0"] + w.voicing * pitch["voicing"]
+        yield "gen", loss, {"loss": loss.item(), **{k: v.item() for k, v in {**terms, **pitch}.items()}}
 
     def valid_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
         if self.step != "decoder":
             return self._feature_loss(batch)[1]
         feats, real = self._decoder_pair(batch)
-        fake = steps.fit_length(self.nets["generator"](feats)[0], real.shape[1])
+        fake, pitch = self._generate(feats, real, batch)
         mel = mel_loss(fake, real, self.out_rate, **self._mel()).item()
-        return {"loss": mel, "mel": mel}
+        return {"loss": mel, "mel": mel, **{k: v.item() for k, v in pitch.items()}}
+
+    def _generate(self, feats: Tensor, real: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The decoder's waveform for `feats`, cut to `real`'s length, and, for a decoder that predicts F0 and
+        voicing, their losses against the pYIN targets (plus the voicing error rate and gross pitch error)."""
+        if "f0" not in batch:
+            return steps.fit_length(self.nets["generator"](feats)[0], real.shape[1]), {}
+        fake, _, controls = self.nets["generator"](feats, with_controls=True)
+        size = min(controls.f0.shape[1], batch["f0"].shape[1])
+        f0, voicing = controls.f0[:, :size], controls.voicing[:, :size]
+        target, voiced = batch["f0"][:, :size].to(f0.device), batch["voiced"][:, :size].to(f0.device)
+        mask = voiced > 0
+        octaves = (f0.log2() - target.clamp_min(1.0).log2()).abs()
+        pitch = {
+            "f0": octaves[mask].mean() if mask.any() else f0.new_zeros(()),
+            "voicing": F.binary_cross_entropy(voicing.clamp(1e-6, 1 - 1e-6), voiced),
+            "vde": ((voicing > 0.5).float() != voiced).float().mean().detach(),
+            "gpe": (octaves[mask] > math.log2(1.2)).float().mean().detach() if mask.any() else f0.new_zeros(()),
+        }
+        return steps.fit_length(fake, real.shape[1]), pitch
 
     def _mel(self) -> dict:
         loss = self.cfg.loss
@@ -351,7 +434,27 @@ class CodecStage:
         mse = feature_mse(steps.fit_length(qfeats, target.shape[1]), target, steps.frame_mask(frames, target.shape[1]))
         entropy = bsq_entropy_loss(lats, w.inv_temperature, w.diversity_gamma)  # all frames, as the recipe
         loss = mse + w.entropy * entropy
-        return loss, {"loss": loss.item(), "mse": mse.item(), "entropy": entropy.item()}
+        metrics = {"mse": mse.item(), "entropy": entropy.item()}
+        if "pitch_probe" in self.nets:
+            pitch = self._probe_loss(qfeats, batch["f0"], batch["voiced"])
+            loss = loss + w.pitch * (pitch["f0"] + pitch["voicing"])
+            metrics.update({f"probe_{k}": v.item() for k, v in pitch.items()})
+        return loss, {"loss": loss.item(), **metrics}
+
+    def _probe_loss(self, qfeats: Tensor, f0: Tensor, voiced: Tensor) -> dict[str, Tensor]:
+        """The pitch probe's L1 in octaves on voiced frames and its voicing cross-entropy on every frame with a
+        track (padding frames have none), with its gross pitch error for the log."""
+        out = self.nets["pitch_probe"](qfeats)
+        size = min(out.shape[1], f0.shape[1])
+        out, f0, voiced = out[:, :size], f0[:, :size].to(out.device), voiced[:, :size].to(out.device)
+        tracked, mask = f0 >= 0, voiced > 0  # padding frames carry f0 -1: no track there
+        octaves = (out[..., 0] + math.log2(150.0) - f0.clamp_min(1.0).log2()).abs()
+        zero = out.new_zeros(())
+        return {
+            "f0": octaves[mask].mean() if mask.any() else zero,
+            "voicing": F.binary_cross_entropy_with_logits(out[..., 1][tracked], voiced[tracked]),
+            "gpe": (octaves[mask] > math.log2(1.2)).float().mean().detach() if mask.any() else zero,
+        }
 
     # ---- export -----------------------------------------------------------------------------------
 
