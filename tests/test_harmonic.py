@@ -147,3 +147,16 @@ def _tiny_codec(sample_rate: int = 16000) -> dict:
                            "sample_rate": sample_rate, "num_harmonics": 16, "envelope_bins": 8, "noise_bands": 4,
                            "noise_period": 4096},
     }
+
+
+@torch.no_grad()
+def test_voicing_mutes_the_noise_below_the_cutoff():
+    """Bands 0-1 of 4 (0-2 kHz at 8 kHz) start below the 2 kHz cutoff: a voiced frame's noise there is the
+    unvoiced level times (1 - voicing); bands 2-3 keep theirs."""
+    voiced, free = tiny(), tiny(voiced_noise_cutoff=0.0)
+    qfeats = torch.randn(1, 6, 12)
+    gated, _ = voiced.controls(qfeats)
+    plain, _ = free.controls(qfeats)
+    assert voiced.low_bands.tolist() == [1.0, 1.0, 0.0, 0.0] and free.low_bands.tolist() == [0.0] * 4
+    torch.testing.assert_close(gated.noise[..., :2], plain.noise[..., :2] * (1 - gated.voicing[..., None]))
+    torch.testing.assert_close(gated.noise[..., 2:], plain.noise[..., 2:])

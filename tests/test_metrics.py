@@ -213,10 +213,17 @@ def test_eval_generation_writes_every_field(data, tmp_path):
         assert -1 <= row["speaker_similarity"] <= 1 and row["asr_words_per_second"] >= 0
         assert row["asr_confidence"] is None or 0 <= row["asr_confidence"] <= 1
         assert row["prompt_seconds"] == 1.0 and row["prompt_asr_words_per_second"] > 0
+        assert 0 <= row["voiced_share"] <= 1 and 0.2 < row["prompt_voiced_share"] <= 1  # the prompt is speech
         sig, sr = load_audio(row["audio"])
         assert sr == 24000 and sig.shape[1] == 64 * 480  # 64 tokens
     assert set(results["mean"]) >= {"dnsmos_ovrl", "speaker_similarity", "asr_words_per_second", "asr_confidence"}
     assert "seed" not in results["mean"] and 0 < results["codebook_usage"]["used_share"] <= 1
+
+
+def test_voiced_share_tells_speech_from_noise(clip):
+    assert 0.4 < metrics.voiced_share(clip, 16000) < 0.95
+    noise = np.random.default_rng(0).normal(0, 0.05, 32000).astype(np.float32)
+    assert metrics.voiced_share(noise, 16000) < 0.05
 
 
 def test_eval_commands_name_a_missing_or_empty_folder(tmp_path):

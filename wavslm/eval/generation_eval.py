@@ -7,6 +7,8 @@ run with the same settings gives the same audio. Each continuation (the new audi
 
     DNSMOS (ovrl, sig, bak, p808)   naturalness/quality, non-intrusive
     speaker similarity              prompt vs continuation (resemblyzer cosine): does the voice persist?
+    voiced share                    share of pYIN frames voiced (60-400 Hz), of the continuation and of the
+                                    prompt: a whispered or noisy continuation has few
     intelligibility                 pocketsphinx transcript, recognised words per second, and the mean
                                     word posterior (confidence) of those words
 
@@ -94,6 +96,7 @@ def evaluate_generation(
                 voice = metrics.speaker_embedding(prompt, sr)  # once per prompt, not per continuation
                 reference = {
                     "prompt_seconds": len(prompt) / sr,
+                    "prompt_voiced_share": metrics.voiced_share(prompt, sr),
                     **{f"prompt_dnsmos_{k}": v for k, v in metrics.dnsmos(prompt, sr).items()},
                     **{f"prompt_{k}": v for k, v in _asr(prompt, len(prompt) / sr).items()},
                 }
@@ -111,6 +114,7 @@ def evaluate_generation(
                     save_audio(record["audio"], audio, rate_out)
                 record.update({f"dnsmos_{key}": v for key, v in metrics.dnsmos(cont, sr).items()})
                 record["speaker_similarity"] = metrics.cosine(voice, metrics.speaker_embedding(cont, sr))
+                record["voiced_share"] = metrics.voiced_share(cont, sr)
                 record.update(_asr(cont, len(cont) / sr))
                 record.update(reference)
                 records.append(record)

@@ -7,6 +7,7 @@ of them) and returns plain Python numbers, so results serialise to JSON as they 
 - `pesq_wb`:            wide-band PESQ (ITU-T P.862.2), MOS-LQO in [1.04, 4.64]; higher is better.
 - `stoi`:               short-time objective intelligibility, a mean correlation, in [-1, 1] (speech: ~[0.3, 1]).
 - `mel_distance`:       mean L1 distance of log-mel spectrograms (`MEL_SETTINGS`); 0 for identical signals.
+- `voiced_share`:       the share of a signal's pYIN frames that are voiced.
 - `pitch`:              pYIN tracks of both (`pitch.PYIN_SETTINGS`): voicing decision error, gross pitch error,
                         F0 RMSE in cents, and the voiced share of each.
 - `dnsmos`:             DNSMOS P.835 (sig, bak, ovrl) and P.808 MOS, non-intrusive, roughly [1, 5].
@@ -140,6 +141,12 @@ def mel_distance(ref, deg, sr: int) -> float:
     """Mean absolute difference of the `log_mel` spectrograms of `ref` and `deg` (trimmed to the shorter)."""
     ref, deg = _pair16k(ref, deg, sr, MIN_SECONDS)
     return float(np.abs(log_mel(ref, RATE) - log_mel(deg, RATE)).mean())
+
+
+def voiced_share(sig, sr: int) -> float:
+    """The share of `sig`'s pYIN frames (`PYIN_SETTINGS`) that are voiced: 0 for a whisper or noise."""
+    settings = {k: v for k, v in PYIN_SETTINGS.items() if k != "sample_rate"}
+    return float(track(_mono16k(sig, sr, "signal"), RATE, **settings)[1].mean())
 
 
 def pitch(ref, deg, sr: int) -> dict[str, float | None]:

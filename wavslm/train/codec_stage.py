@@ -160,7 +160,9 @@ class CodecStage:
         self.teacher = steps.load_teacher(cfg.teacher, cfg.teacher_layers, cfg.teacher_allow_pickle).to(device) if need_teacher else None
         self.codec = self._build_codec(steps.teacher_config(cfg.teacher, cfg.teacher_allow_pickle)).to(device).eval().requires_grad_(False)
         self._check()
-        self.disc = self._build_discriminator().to(device) if self.step == "decoder" else None
+        # A decoder trained by its spectral (and pitch) losses alone, with no GAN terms, needs no discriminator.
+        gan = cfg.loss.adv != 0 or cfg.loss.fm != 0
+        self.disc = self._build_discriminator().to(device) if self.step == "decoder" and gan else None
         self.nets = self._build_nets()
         self.raw = dict(self.nets)
         for net in self.nets.values():
@@ -248,7 +250,7 @@ class CodecStage:
     def _build_nets(self) -> dict[str, nn.Module]:
         codec = self.codec
         if self.step == "decoder":
-            return {"generator": codec.decoder, "discriminator": self.disc}
+            return {"generator": codec.decoder, **({"discriminator": self.disc} if self.disc is not None else {})}
         if self.step == "posemb":
             return {"posemb": codec.encoder.encoder.positional_embedding}
         if self.step == "encoder":
@@ -264,7 +266,8 @@ class CodecStage:
             return [p for net in nets for p in net.parameters() if p.requires_grad]
 
         if self.step == "decoder":
-            return {"gen": trained(self.raw["generator"]), "disc": trained(self.raw["discriminator"])}
+            groups = {"gen": trained(self.raw["generator"])}
+            return {**groups, "disc": trained(self.raw["discriminator"])} if self.disc is not None else groups
         return {"main": trained(*self.raw.values())}
 
     # ---- data -------------------------------------------------------------------------------------
@@ -347,12 +350,17 @@ class CodecStage:
             return
         feats, real = self._decoder_pair(batch)
         fake, pitch = self._generate(feats, real, batch)
-        # Both optimizers step after the batch, so D and G see the same discriminator weights.
-        disc_loss, real_feats = steps.discriminator_step(self.nets["discriminator"], real, fake)
-        yield "disc", disc_loss, {"disc_loss": disc_loss.item()}
-        terms = steps.generator_losses(self.raw["discriminator"], fake, real, real_feats, self.out_rate, self._mel())
         w = self.cfg.loss
-        loss = w.mel * terms["mel"] + w.adv * terms["adv"] + w.fm * terms["fm"]
+        if self.disc is None:
+            terms = {"mel": mel_loss(fake, real, self.out_rate, **self._mel())}
+            loss = w.mel * terms["mel"]
+        else:
+            # Both optimizers step after the batch, so D and G see the same discriminator weights.
+            disc_loss, real_feats = steps.discriminator_step(self.nets["discriminator"], real, fake)
+            yield "disc", disc_loss, {"disc_loss": disc_loss.item()}
+            terms = steps.generator_losses(self.raw["discriminator"], fake, real, real_feats, self.out_rate,
+                                           self._mel())
+            loss = w.mel * terms["mel"] + w.adv * terms["adv"] + w.fm * terms["fm"]
         if w.stft:
             terms["stft"] = multi_resolution_stft_loss(fake, real)
             loss = loss + w.stft * terms["stft"]
