@@ -65,7 +65,8 @@ def test_the_bundle_loads_generates_and_has_a_model_card(run, tmp_path):
     bundle = run / "bundle"
     card = (bundle / "README.md").read_text()
     assert "wavslm recipe tiny" in card and "lexical accuracy" in card and "codec STOI" in card
-    assert "STOI after each codec sub-stage" in card and "256 codes (8 bits, 400 b/s)" in card
+    assert "STOI and pitch after each codec sub-stage" in card and "256 codes (8 bits, 400 b/s)" in card
+    assert "| codec gross pitch error | ≤ 0.10 |" in card and "Before and after" not in card
     lm = WavSLM.from_pretrained(bundle / "lm")
     codec = Codec.from_pretrained(bundle / "codec")
     assert (codec.frame_rate, codec.vocab_size, lm.toks_per_step) == (50, 256, 4)
@@ -77,6 +78,21 @@ def test_the_bundle_loads_generates_and_has_a_model_card(run, tmp_path):
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["prompts"]["real"]["continuation_seconds"] == pytest.approx(0.96)
     assert (tmp_path / "demo" / "report.md").is_file() and not (tmp_path / "demo.tmp").exists()
+
+
+def test_compare_sets_another_model_beside_the_run_in_the_card(run):
+    """`--compare`: the model the run is to replace, scored on the run's own held-out data and suite."""
+    other = run / "bundle" / "lm"
+    args = ["recipe", "tiny", "-o", str(run / "run"), "--compare", str(other), "--bundle", str(run / "b2")]
+    assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
+    compared = json.loads((run / "run" / "compare.json").read_text())
+    assert compared["model"] == str(other)
+    card = (run / "b2" / "README.md").read_text()
+    assert "## Before and after" in card and f"`{other}` (before)" in card
+    # The same model, the same data and seeds: before and after agree on every row.
+    rows = [line.split(" | ") for line in card.split("## Before and after")[1].splitlines() if line.startswith("| ")]
+    body = [r for r in rows[1:] if len(r) == 3]  # rows[0] is the header
+    assert body and all(r[1] == r[2].rstrip(" |") for r in body), body
 
 
 def test_recipe_settings_errors_name_the_key():

@@ -206,9 +206,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_recipe(args: argparse.Namespace) -> None:
     from .recipe import Recipe
 
-    report = Recipe(args.preset, args.output, args.set, corpus=args.corpus, device=args.device).run()
+    recipe = Recipe(args.preset, args.output, args.set, corpus=args.corpus, device=args.device)
+    report = recipe.run()
     print(f"recipe: done in {report['total_seconds'] / 60:.1f} min; report in {args.output / 'report.json'}, "
           f"models in {args.output / 'lm' / 'export'}")
+    if args.compare:
+        recipe.compare(args.compare)
+        print(f"recipe: {args.compare} evaluated the same way, in {args.output / 'compare.json'}")
     if args.bundle:
         from .recipe import bundle
 
@@ -312,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a key, e.g. lm.train.steps=500 or recipe.corpus.hours=0.5")
     p.add_argument("--corpus", help="use this folder's train/valid/test.jsonl instead of a synthetic corpus")
     p.add_argument("--bundle", type=Path, help="then copy the models with a model card here (e.g. assets/tiny)")
+    p.add_argument("--compare", type=Path, help="also evaluate this LM folder (e.g. assets/tiny/lm, before it is "
+                   "replaced) on the run's held-out data; the model card shows both")
 
     def group(name: str, help: str, members: dict[str, tuple[str, str]], device: bool = True) -> None:
         """A verb with sub-verbs, each configured by `configure(parser)` in its own module (imported lazily

@@ -208,6 +208,16 @@ class Recipe:
                                self.run_dir / "bench" if self.synthetic else None, self.recipe.eval)
         _write_json(self.run_dir / "eval.json", results)
 
+    def compare(self, lm_dir: str | os.PathLike) -> dict:
+        """Evaluate another model (the one this run is to replace) on this run's held-out data and suite, the
+        same way as the run's own; written to `compare.json`, which the model card sets beside the run's."""
+        from .eval.recipe_eval import evaluate_run
+
+        results = evaluate_run(Path(lm_dir), self.corpus / "test.jsonl",
+                               self.run_dir / "bench" if self.synthetic else None, self.recipe.eval)
+        _write_json(self.run_dir / "compare.json", results)
+        return results
+
     # ---- bookkeeping ------------------------------------------------------------------------------
 
     def _write_config(self) -> None:
@@ -347,7 +357,21 @@ def model_card(report: dict, run_dir: Path, folder: Path, command: str) -> str:
               "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in g["mean"].items() if isinstance(v, float)]
     lines += ["", f"Intelligibility measure: {g['intelligibility']}", ""]
+    if (run_dir / "compare.json").is_file():
+        lines += _before_after(json.loads((run_dir / "compare.json").read_text()), e)
     return "\n".join(lines)
+
+
+def _before_after(before: dict, after: dict) -> list[str]:
+    """Every metric of the compared model and of this run, measured on the same held-out data and suite."""
+    rows = [(f"{name} accuracy", before.get("synthetic_suite", {}).get(name, {}).get("accuracy"), r["accuracy"])
+            for name, r in after.get("synthetic_suite", {}).items()]
+    for part in ("codec", "generation"):
+        old, new = before.get(part, {}).get("mean", {}), after[part]["mean"]
+        rows += [(f"{part} {k}", old.get(k), v) for k, v in new.items() if isinstance(v, float)]
+    return ["## Before and after", "", f"`{before['model']}` (before) and this model, on the same held-out "
+            "utterances, prompts and suite:", "", "| metric | before | after |", "|---|---|---|",
+            *[f"| {name} | {_fmt(a)} | {_fmt(b)} |" for name, a, b in rows], ""]
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

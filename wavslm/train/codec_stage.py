@@ -308,19 +308,24 @@ class CodecStage:
         return batch
 
     def _utterance_pitch(self, items: list[dict]) -> tuple[Tensor, Tensor]:
-        """pYIN F0 `(B, T)` (0 where unvoiced, -1 past the end) and voicing `(B, T)` of whole utterances, one frame per codec
-        frame; each utterance is tracked once and kept (the feature stages read whole files, epoch after epoch)."""
+        """pYIN F0 `(B, T)` (0 where unvoiced, -1 past the end) and voicing `(B, T)` of the items, one frame per
+        token. Whole utterances (no `segment_seconds`) are tracked once per run and kept, as the feature stages
+        read them epoch after epoch; crops differ every time and are tracked as they come."""
         from ..pitch import track
 
         hop = self.codec.samples_per_token
+        whole = self.cfg.data.segment_seconds <= 0
         cache = self.__dict__.setdefault("_pitch_cache", {})
         rows = []
         for item in items:
-            if item["path"] not in cache:
+            row = cache.get(item["path"]) if whole else None
+            if row is None:
                 sig = item["sig"][hop // 2 : item["length"]].numpy()  # frame t centred on its token's samples
                 f0, voiced = track(sig, Codec.sample_rate_input, fmin=50.0, fmax=600.0, hop_length=hop, resolution=0.25)
-                cache[item["path"]] = (torch.from_numpy(np.nan_to_num(f0)).float(), torch.from_numpy(voiced).float())
-            rows.append(cache[item["path"]])
+                row = (torch.from_numpy(np.nan_to_num(f0)).float(), torch.from_numpy(voiced).float())
+                if whole:
+                    cache[item["path"]] = row
+            rows.append(row)
         size = max(len(f0) for f0, _ in rows)
         f0 = torch.full((len(rows), size), -1.0)  # -1: past the utterance's end
         voiced = torch.zeros(len(rows), size)
