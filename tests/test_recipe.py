@@ -89,10 +89,13 @@ def test_compare_sets_another_model_beside_the_run_in_the_card(run):
     assert compared["model"] == str(other)
     card = (run / "b2" / "README.md").read_text()
     assert "## Before and after" in card and f"`{other}` (before)" in card
-    # The same model, the same data and seeds: before and after agree on every row.
+    # The same model, the same data and seeds: before and after agree on every row (DNSMOS's ONNX runtime
+    # may differ in the last printed digit from one session to the next: measured 1.116 against 1.117).
     rows = [line.split(" | ") for line in card.split("## Before and after")[1].splitlines() if line.startswith("| ")]
-    body = [r for r in rows[1:] if len(r) == 3]  # rows[0] is the header
-    assert body and all(r[1] == r[2].rstrip(" |") for r in body), body
+    body = [(r[1], r[2].rstrip(" |")) for r in rows[1:] if len(r) == 3]  # rows[0] is the header
+    assert len(body) > 20
+    for before, after in body:
+        assert before == after if "n/a" in (before, after) else abs(float(before) - float(after)) <= 0.002, body
 
 
 def test_recipe_settings_errors_name_the_key():
