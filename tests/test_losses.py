@@ -289,3 +289,15 @@ def test_tiny_gan_steps_move_losses_the_right_way():
         g_opt.step()
     assert float(g_loss().detach()) < g_start
     assert all(p.grad is None for p in disc.parameters())
+
+
+def test_pitch_losses_count_the_frames_they_say():
+    f0 = torch.tensor([[100.0, 200.0, 0.0, -1.0]])  # voiced, voiced, unvoiced, no track (padding)
+    voiced = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    log2_f0 = torch.tensor([[math.log2(100.0), math.log2(300.0), 7.0, 7.0]])  # exact, then 1.5x off
+    logits = torch.tensor([[5.0, -5.0, -5.0, 5.0]])  # the second decision is wrong; the padding one is ignored
+    out = L.pitch_losses(log2_f0, logits, f0, voiced)
+    assert out["f0"].item() == pytest.approx(math.log2(1.5) / 2)
+    assert out["gpe"].item() == pytest.approx(0.5) and out["vde"].item() == pytest.approx(1 / 3)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[0, :3], voiced[0, :3])
+    assert out["voicing"].item() == pytest.approx(expected.item())

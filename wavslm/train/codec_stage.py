@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
@@ -39,7 +38,14 @@ from ..presets import focalcodec_stream
 from . import codec_steps as steps
 from .discriminators import hifigan_discriminator
 from .loop import TrainConfig
-from .losses import bsq_entropy_loss, feature_mse, layerwise_feature_mse, mel_loss, multi_resolution_stft_loss
+from .losses import (
+    bsq_entropy_loss,
+    feature_mse,
+    layerwise_feature_mse,
+    mel_loss,
+    multi_resolution_stft_loss,
+    pitch_losses,
+)
 
 log = logging.getLogger("wavslm.train")
 
@@ -388,16 +394,9 @@ class CodecStage:
             return steps.fit_length(self.nets["generator"](feats)[0], real.shape[1]), {}
         fake, _, controls = self.nets["generator"](feats, with_controls=True)
         size = min(controls.f0.shape[1], batch["f0"].shape[1])
-        f0, voicing = controls.f0[:, :size], controls.voicing[:, :size]
-        target, voiced = batch["f0"][:, :size].to(f0.device), batch["voiced"][:, :size].to(f0.device)
-        mask = voiced > 0
-        octaves = (f0.log2() - target.clamp_min(1.0).log2()).abs()
-        pitch = {
-            "f0": octaves[mask].mean() if mask.any() else f0.new_zeros(()),
-            "voicing": F.binary_cross_entropy(voicing.clamp(1e-6, 1 - 1e-6), voiced),
-            "vde": ((voicing > 0.5).float() != voiced).float().mean().detach(),
-            "gpe": (octaves[mask] > math.log2(1.2)).float().mean().detach() if mask.any() else f0.new_zeros(()),
-        }
+        device = controls.f0.device
+        pitch = pitch_losses(controls.f0[:, :size].log2(), torch.logit(controls.voicing[:, :size], eps=1e-6),
+                             batch["f0"][:, :size].to(device), batch["voiced"][:, :size].to(device))
         return steps.fit_length(fake, real.shape[1]), pitch
 
     def _mel(self) -> dict:
@@ -455,19 +454,11 @@ class CodecStage:
         return loss, {"loss": loss.item(), **metrics}
 
     def _probe_loss(self, qfeats: Tensor, f0: Tensor, voiced: Tensor) -> dict[str, Tensor]:
-        """The pitch probe's L1 in octaves on voiced frames and its voicing cross-entropy on every frame with a
-        track (padding frames have none), with its gross pitch error for the log."""
+        """The pitch probe's losses (`pitch_losses`): it predicts log2 F0 around 150 Hz and a voicing logit."""
         out = self.nets["pitch_probe"](qfeats)
         size = min(out.shape[1], f0.shape[1])
-        out, f0, voiced = out[:, :size], f0[:, :size].to(out.device), voiced[:, :size].to(out.device)
-        tracked, mask = f0 >= 0, voiced > 0  # padding frames carry f0 -1: no track there
-        octaves = (out[..., 0] + math.log2(150.0) - f0.clamp_min(1.0).log2()).abs()
-        zero = out.new_zeros(())
-        return {
-            "f0": octaves[mask].mean() if mask.any() else zero,
-            "voicing": F.binary_cross_entropy_with_logits(out[..., 1][tracked], voiced[tracked]),
-            "gpe": (octaves[mask] > math.log2(1.2)).float().mean().detach() if mask.any() else zero,
-        }
+        return pitch_losses(out[:, :size, 0] + math.log2(150.0), out[:, :size, 1], f0[:, :size].to(out.device),
+                            voiced[:, :size].to(out.device))
 
     # ---- export -----------------------------------------------------------------------------------
 
