@@ -128,6 +128,15 @@ class CodecStageConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5, batch_size=16, schedule="plateau"))
 
 
+def _pitch_track(sig: Tensor, hop: int, fmin: float = 50.0, fmax: float = 600.0) -> tuple[Tensor, Tensor]:
+    """pYIN with the training settings (one frame per `hop` samples, 0.25-semitone resolution) of `sig (..., N)`
+    at 16 kHz: F0 `(..., T)` in Hz, 0 where unvoiced, and voicing `(..., T)` as 0/1 floats."""
+    from ..pitch import track
+
+    f0, voiced = track(sig.numpy(), Codec.sample_rate_input, fmin=fmin, fmax=fmax, hop_length=hop, resolution=0.25)
+    return torch.from_numpy(np.nan_to_num(f0)).float(), torch.from_numpy(voiced).float()
+
+
 def _codec_ref(ref: str) -> str:
     """An export folder holds `codec/`; anything else is a codec reference itself."""
     return str(Path(ref) / "codec") if (Path(ref) / "codec" / "config.json").is_file() else ref
@@ -317,8 +326,6 @@ class CodecStage:
         """pYIN F0 `(B, T)` (0 where unvoiced, -1 past the end) and voicing `(B, T)` of the items, one frame per
         token. Whole utterances (no `segment_seconds`) are tracked once per run and kept, as the feature stages
         read them epoch after epoch; crops differ every time and are tracked as they come."""
-        from ..pitch import track
-
         hop = self.codec.samples_per_token
         whole = self.cfg.data.segment_seconds <= 0
         cache = self.__dict__.setdefault("_pitch_cache", {})
@@ -326,9 +333,7 @@ class CodecStage:
         for item in items:
             row = cache.get(item["path"]) if whole else None
             if row is None:
-                sig = item["sig"][hop // 2 : item["length"]].numpy()  # frame t centred on its token's samples
-                f0, voiced = track(sig, Codec.sample_rate_input, fmin=50.0, fmax=600.0, hop_length=hop, resolution=0.25)
-                row = (torch.from_numpy(np.nan_to_num(f0)).float(), torch.from_numpy(voiced).float())
+                row = _pitch_track(item["sig"][hop // 2 : item["length"]], hop)  # frame t centred on token t
                 if whole:
                     cache[item["path"]] = row
             rows.append(row)
@@ -342,15 +347,12 @@ class CodecStage:
     def _pitch_targets(self, sig_in: Tensor) -> tuple[Tensor, Tensor]:
         """pYIN F0 `(B, S)` (Hz, 0 where unvoiced) and voicing `(B, S)` of the crop's middle frames, each
         track frame centred on its codec frame's samples."""
-        from ..pitch import track
-
         hop = self.codec.encoder.config.hop_length
         dec = self.codec.decoder.config
         start = self.context * hop + hop // 2
-        f0, voiced = track(sig_in[:, start : start + self.frames * hop].numpy(), Codec.sample_rate_input,
-                           fmin=max(dec.f0_min, 50.0), fmax=min(dec.f0_max, 600.0), hop_length=hop, resolution=0.25)
-        f0, voiced = torch.from_numpy(f0[:, : self.frames]), torch.from_numpy(voiced[:, : self.frames])
-        return torch.nan_to_num(f0).float(), voiced.float()
+        f0, voiced = _pitch_track(sig_in[:, start : start + self.frames * hop], hop,
+                                  fmin=max(dec.f0_min, 50.0), fmax=min(dec.f0_max, 600.0))
+        return f0[:, : self.frames], voiced[:, : self.frames]
 
     # ---- steps ------------------------------------------------------------------------------------
 
