@@ -30,7 +30,7 @@ import websockets
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-BUNDLED_LM = Path(__file__).resolve().parents[1] / "assets" / "tiny" / "lm"
+BUNDLED_LM = ROOT / "wavslm" / "assets" / "tiny" / "lm"
 REFERENCE_LM = ROOT / "tests" / "assets" / "reference" / "wavslm_tiny"
 SPEECH = Path(os.environ.get("WAVSLM_SPEECH", SHARED / "data" / "speech"))
 STEP = 0.08  # seconds of audio per chunk

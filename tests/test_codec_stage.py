@@ -200,7 +200,7 @@ def test_two_process_ddp_decoder_matches_one_process(setup, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("decoder.")) < 1e-4
 
 
-def test_a_pickled_teacher_loads_only_with_teacher_allow_pickle(tmp_path):
+def test_a_pickled_teacher_loads_as_its_safetensors_twin(tmp_path):
     from conftest import REFERENCE
 
     from wavslm.train.codec_steps import load_teacher
@@ -209,9 +209,7 @@ def test_a_pickled_teacher_loads_only_with_teacher_allow_pickle(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_bytes((REFERENCE / "hf_wavlm_tiny" / "config.json").read_bytes())
     torch.save(load_file(REFERENCE / "hf_wavlm_tiny" / "model.safetensors"), folder / "pytorch_model.bin")
-    with pytest.raises(InputError, match="allow_pickle"):
-        load_teacher(str(folder), 2)
-    pickled = load_teacher(str(folder), 2, allow_pickle=True).state_dict()
+    pickled = load_teacher(str(folder), 2).state_dict()
     plain = load_teacher(str(REFERENCE / "hf_wavlm_tiny"), 2).state_dict()
     assert pickled.keys() == plain.keys() and all(torch.equal(pickled[k], plain[k]) for k in plain)
 

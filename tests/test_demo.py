@@ -1,13 +1,13 @@
-"""The bundled default model (assets/tiny) and `wavslm demo` on it, as `make demo` runs it."""
+"""The bundled default model (wavslm/assets/tiny) and `wavslm demo` on it, as `make demo` runs it."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from wavslm.cli import BUNDLED_CODEC, BUNDLED_LM, main
+from wavslm.cli import main
+from wavslm.pretrained import BUNDLED_CODEC, BUNDLED_LM, package_path
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = package_path("assets")
 
 
 def test_the_bundled_model_is_in_the_released_layout_and_small():

@@ -118,18 +118,23 @@ def test_codec_passed_in_and_mismatched_vocabulary(lm_copy, reference):
         WavSLM.from_pretrained(lm_copy, codec=codec)
 
 
-def test_pickles_need_an_explicit_flag(lm_copy):
+def test_a_folder_with_only_model_pt_loads_tensors_only_and_says_so_once(lm_copy, caplog):
     state = load_file(lm_copy / "model.safetensors")
     torch.save(state, lm_copy / "model.pt")
     (lm_copy / "model.safetensors").unlink()
-    with pytest.raises(InputError, match="has no weights"):
+    with caplog.at_level("WARNING", logger="wavslm.hub"):
+        lm = WavSLM.from_pretrained(lm_copy)
         WavSLM.from_pretrained(lm_copy)
-    lm = WavSLM.from_pretrained(lm_copy, allow_pickle=True)
     assert torch.equal(lm.head.weight, state["head.weight"])
-    # weights_only=True: a pickle that runs code is refused.
+    said = [r.getMessage() for r in caplog.records if "weights_only=True" in r.getMessage()]
+    assert len(said) == 1 and "model.pt" in said[0]
+    # weights_only=True: a pickle that would run code is refused.
     torch.save({"head.weight": print}, lm_copy / "model.pt")
     with pytest.raises(InputError, match="model.pt' hold Python objects besides tensors; refusing to unpickle them"):
-        WavSLM.from_pretrained(lm_copy, allow_pickle=True)
+        WavSLM.from_pretrained(lm_copy)
+    (lm_copy / "model.pt").unlink()
+    with pytest.raises(InputError, match="has no weights"):
+        WavSLM.from_pretrained(lm_copy)
 
 
 def test_save_leaves_no_partial_files(lm_copy, tmp_path):

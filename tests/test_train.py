@@ -165,12 +165,12 @@ def test_manifest_and_tokenize_under_torchrun_equal_one_process(speech, referenc
 
 @pytest.mark.parametrize("preset", ["paper_4k.yaml", "tiny.yaml"])
 def test_presets_resolve(preset):
-    from pathlib import Path
 
+    from wavslm.pretrained import PRESETS
     from wavslm.recipe import resolve_recipe
     from wavslm.train.run import read_yaml, resolve
 
-    path = Path(__file__).resolve().parents[1] / "configs" / preset
+    path = PRESETS / preset
     for stage in read_yaml(path):
         if stage == "recipe":
             resolve_recipe(str(path), [])

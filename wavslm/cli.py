@@ -18,45 +18,13 @@ from tqdm import tqdm
 
 from .audio import WavStreamWriter, load_audio, save_audio
 from .errors import InputError
+from .pretrained import BUNDLED_CODEC, OPTIMIZE, load_codec, load_lm
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED_LM = ASSETS / "tiny" / "lm"
-BUNDLED_CODEC = ASSETS / "tiny" / "codec"
-
-log = logging.getLogger("wavslm")
-
-
-def _default(path: Path, what: str) -> str:
-    if not (path / "config.json").is_file():
-        raise InputError(f"no {what} given and no bundled model in {path.parent}; pass --{what} REF")
-    return str(path)
-
-
-def load_codec(ref: str | None, device: str):
-    from .codec import Codec
-
-    return Codec.from_pretrained(ref or _default(BUNDLED_CODEC, "codec")).to(device)
-
-
-OPTIMIZE = {"none": None, "float32": ("float32", "none"), "bfloat16": ("bfloat16", "none"), "int8": ("float32", "int8")}
 OPTIMIZE_HELP = ("convert the model for inference (default: none): float32 = the same numbers with weights in "
                  "oneDNN's packed layout (faster at paper size on a CPU); bfloat16 / int8 = faster still, with the "
                  "deviation the README states")
 
-
-def load_lm(ref: str | None, device: str, optimize: str = "none"):
-    from .lm import WavSLM
-
-    lm = WavSLM.from_pretrained(ref or _default(BUNDLED_LM, "model")).to(device)
-    if OPTIMIZE[optimize] is not None:
-        from .optimize import optimize_for_inference
-
-        dtype, quantize = OPTIMIZE[optimize]
-        try:
-            optimize_for_inference(lm, dtype=dtype, quantize=quantize)
-        except ValueError as error:
-            raise InputError(f"--optimize {optimize}: {error}") from error
-    return lm
+log = logging.getLogger("wavslm")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -304,19 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("train", cmd_train, "Train a stage (ssl, codec, lm); under torchrun it runs data-parallel.", "auto")
     p.add_argument("stage", help="ssl | codec | lm")
     p.add_argument("-o", "--output", type=Path, required=True, help="run folder (checkpoints, logs, export/)")
-    p.add_argument("--config", help="YAML preset with a section per stage (e.g. configs/tiny.yaml)")
+    p.add_argument("--config", help="YAML preset with a section per stage (a preset name such as tiny, or a file)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, e.g. train.lr=3e-4")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
 
     p = verb("recipe", cmd_recipe, "Train the whole stack from nothing (corpus, ssl, codec, tokenize, lm, eval); "
              "run it again to continue after a stop.", "auto")
-    p.add_argument("preset", help="a preset in configs/ (tiny) or a .yaml file with ssl/codec/lm/recipe sections")
+    p.add_argument("preset", help="a packaged preset (tiny, paper_4k) or a .yaml file with ssl/codec/lm/recipe sections")
     p.add_argument("-o", "--output", type=Path, required=True, help="run folder (one sub-folder per stage)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a key, e.g. lm.train.steps=500 or recipe.corpus.hours=0.5")
     p.add_argument("--corpus", help="use this folder's train/valid/test.jsonl instead of a synthetic corpus")
-    p.add_argument("--bundle", type=Path, help="then copy the models with a model card here (e.g. assets/tiny)")
-    p.add_argument("--compare", type=Path, help="also evaluate this LM folder (e.g. assets/tiny/lm, before it is "
+    p.add_argument("--bundle", type=Path, help="then copy the models with a model card here (e.g. wavslm/assets/tiny)")
+    p.add_argument("--compare", type=Path, help="also evaluate this LM folder (e.g. wavslm/assets/tiny/lm, before it is "
                    "replaced) on the run's held-out data; the model card shows both")
 
     def group(name: str, help: str, members: dict[str, tuple[str, str]], device: bool = True) -> None:

@@ -197,9 +197,9 @@ class Codec(nn.Module):
     # ---- loading and saving -----------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, ref: str | os.PathLike, allow_pickle: bool = False) -> "Codec":
+    def from_pretrained(cls, ref: str | os.PathLike) -> "Codec":
         """Load a released FocalCodec folder, `.json` or Hub id (older q/k/v-split checkpoints included)."""
-        resolved = hub.resolve(ref, allow_pickle)
+        resolved = hub.resolve(ref)
         config = from_dict(CodecConfig, hub.read_json(resolved.config), f"codec config '{resolved.config}'")
         if resolved.weights is None:
             raise InputError(f"codec '{ref}' has no weights (model.safetensors) beside {resolved.config.name}")

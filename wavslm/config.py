@@ -1,11 +1,13 @@
 """Dataclass configs from JSON/YAML dicts: unknown keys and mistyped values are one clear `InputError`."""
 
 import dataclasses
+import logging
 from typing import Any, TypeVar
 
 from .errors import InputError
 
 C = TypeVar("C")
+log = logging.getLogger("wavslm.config")
 
 _SCALARS: dict[Any, tuple[type, ...]] = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
 
@@ -14,9 +16,11 @@ def from_dict(cls: type[C], values: dict[str, Any], source: object) -> C:
     """Build the dataclass `cls` from `values`, naming `source` (a file or a config section) in errors.
 
     Lists become tuples where the field is a tuple; scalar fields are type-checked (an int is accepted
-    for a float, a bool never for an int).
+    for a float, a bool never for an int). Keys of older configs that `cls.LEGACY_KEYS` lists (old name ->
+    new name, or None for a key that no longer does anything) still load, with a note.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = _renamed(cls, values, source)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise InputError(f"{source} has unknown keys {unknown}; expected some of {sorted(fields)}")
@@ -39,6 +43,24 @@ def from_dict(cls: type[C], values: dict[str, Any], source: object) -> C:
             value = tuple(value)
         clean[name] = value
     return cls(**clean)
+
+
+def _renamed(cls: type, values: dict[str, Any], source: object) -> dict[str, Any]:
+    legacy: dict[str, str | None] = getattr(cls, "LEGACY_KEYS", {})
+    if not legacy.keys() & values.keys():
+        return values
+    out = {}
+    for name, value in values.items():
+        if name not in legacy:
+            out[name] = value
+        elif legacy[name] is None:
+            log.info("%s: '%s' is no longer needed and is ignored", source, name)
+        elif legacy[name] in values:
+            raise InputError(f"{source} has both '{name}' and its new name '{legacy[name]}'; keep '{legacy[name]}'")
+        else:
+            log.info("%s: '%s' is now called '%s'", source, name, legacy[name])
+            out[legacy[name]] = value
+    return out
 
 
 def to_dict(config: object) -> dict[str, Any]:

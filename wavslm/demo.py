@@ -19,10 +19,10 @@ import torch
 
 from .audio import WavStreamWriter, load_audio, resample, save_audio
 from .errors import InputError
+from .pretrained import PROMPTS, load_lm
 
 log = logging.getLogger("wavslm.demo")
 
-PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts"
 DEMO_PROMPTS = {  # name -> (file, what it is)
     "synthetic": ("synthetic.wav", "synthetic speech (espeak-ng) in a voice held out from the training corpus"),
     "real": ("real.wav", "a real LibriSpeech dev-clean utterance (speaker 84), CC BY 4.0"),
@@ -80,7 +80,6 @@ def continue_prompt(lm, sig: torch.Tensor, sample_rate: int, out: Path, seconds:
 
 def run_demo(out_dir: str | os.PathLike = "demo_out", model: str | None = None, seconds: float = 5.0,
              seed: int = 0, top_p: float = 0.8, temp: float = 0.9, device: str = "cpu") -> dict:
-    from .cli import load_lm
     from .eval.metrics import dnsmos, speaker_similarity
 
     out = Path(out_dir)
@@ -88,7 +87,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", model: str | None = None, 
     shutil.rmtree(tmp, ignore_errors=True)
     lm = load_lm(model, device)
     rate = lm.codec.sample_rate_output
-    report = {"model": model or "bundled (assets/tiny/lm)", "seed": seed, "top_p": top_p, "temp": temp,
+    report = {"model": model or "bundled (wavslm/assets/tiny/lm)", "seed": seed, "top_p": top_p, "temp": temp,
               "sample_rate": rate, "prompts": {}}
     try:
         for name, (filename, what) in DEMO_PROMPTS.items():

@@ -5,11 +5,14 @@ A reference is one of:
 - a `X.json` file beside `X.safetensors` (also accepted without the `.json` suffix);
 - a Hugging Face Hub id `owner/name` (or `owner/name/X.json`), downloaded with `huggingface_hub`.
 
-Pickled `.pt`/`.bin` weights are read only when the caller passes `allow_pickle=True`, and then with
-`torch.load(weights_only=True)`.
+Weights are `model.safetensors` (or `X.safetensors`). Where a repository or folder offers only a pickled
+`model.pt` / `pytorch_model.bin` (the original loaders fall back to it), it is read with
+`torch.load(weights_only=True)`, PyTorch's loader that admits tensors and plain containers only, and a
+warning says so once; a pickle that needs anything more is refused.
 """
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -25,6 +28,7 @@ from torch import Tensor
 
 from .errors import InputError
 
+log = logging.getLogger("wavslm.hub")
 _HUB_ID = re.compile(r"[\w\-.]+/[\w\-.]+(/[\w\-./]+\.json)?")
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class Resolved:
         return self.config.parent
 
 
-def resolve(ref: str | os.PathLike, allow_pickle: bool = False) -> Resolved:
+def resolve(ref: str | os.PathLike) -> Resolved:
     """Find (or download) the config and weights of `ref`; raise `InputError` in one sentence if absent."""
     text = str(ref)
     path = Path(text).expanduser()
@@ -53,27 +57,27 @@ def resolve(ref: str | os.PathLike, allow_pickle: bool = False) -> Resolved:
     elif path.with_name(path.name + ".json").is_file():
         config = path.with_name(path.name + ".json")
     elif _HUB_ID.fullmatch(text) and not path.exists() and not text.startswith((".", "/", "~")):
-        return _download(text, allow_pickle)
+        return _download(text)
     else:
         raise InputError(f"model '{text}' not found: not a folder, a .json file, or a Hugging Face Hub id")
-    return Resolved(text, config, _local_weights(config, allow_pickle))
+    return Resolved(text, config, _local_weights(config))
 
 
-def _local_weights(config: Path, allow_pickle: bool) -> Path | None:
-    for name in _weight_names(config.name, allow_pickle):
+def _local_weights(config: Path) -> Path | None:
+    for name in _weight_names(config.name):
         if (config.parent / name).is_file():
             return config.parent / name
     return None
 
 
-def _download(ref: str, allow_pickle: bool) -> Resolved:
+def _download(ref: str) -> Resolved:
     parts = ref.split("/")
     repo_id, config_name = "/".join(parts[:2]), "/".join(parts[2:]) or "config.json"
     config = _hub_file(ref, repo_id, config_name)
     if config is None:
         raise InputError(f"the Hugging Face Hub repository '{repo_id}' has no {config_name}")
     weights = None
-    for name in _weight_names(config_name, allow_pickle):
+    for name in _weight_names(config_name):
         weights = _hub_file(ref, repo_id, name)
         if weights is not None:
             break
@@ -103,13 +107,13 @@ def _hub_file(ref: str, repo_id: str, filename: str) -> Path | None:
         raise InputError(f"cannot download model '{ref}' from the Hugging Face Hub: {error}") from error
 
 
-def _weight_names(config_name: str, allow_pickle: bool) -> list[str]:
+def _weight_names(config_name: str) -> list[str]:
     """Weight files that may sit beside a config, safest first."""
     stem = "model" if config_name.endswith("config.json") else config_name[: -len(".json")]
-    names = [stem + ".safetensors"]
-    if allow_pickle:
-        names += [stem + ".pt", "pytorch_model.bin"] if stem == "model" else [stem + ".pt"]
-    return names
+    return [stem + ".safetensors", stem + ".pt"] + (["pytorch_model.bin"] if stem == "model" else [])
+
+
+_warned: set[Path] = set()
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -126,10 +130,14 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
-    """Read a state dict from `.safetensors` (or `.pt` with `weights_only=True`)."""
+    """Read a state dict from `.safetensors` (or `.pt` / `.bin` with `weights_only=True`, saying so once)."""
     path = Path(path)
     try:
         if path.suffix in (".pt", ".bin"):
+            if path not in _warned:
+                _warned.add(path)
+                log.warning("reading pickled weights '%s' with torch.load(weights_only=True): tensors and plain "
+                            "containers only; save them as model.safetensors to skip this step", path)
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as error:

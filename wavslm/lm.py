@@ -154,7 +154,6 @@ class WavSLM(nn.Module):
         cls,
         ref: str | os.PathLike,
         codec: "Codec | str | os.PathLike | None" = None,
-        allow_pickle: bool = False,
         load_codec: bool = True,
     ) -> "WavSLM":
         """Load a released-layout LM and the codec its config names (or the `codec` given).
@@ -164,7 +163,7 @@ class WavSLM(nn.Module):
         """
         from .codec import Codec
 
-        resolved = hub.resolve(ref, allow_pickle)
+        resolved = hub.resolve(ref)
         config = from_dict(WavSLMConfig, hub.read_json(resolved.config), f"config '{resolved.config}'")
         if resolved.weights is None:
             raise InputError(f"model '{ref}' has no weights (model.safetensors) beside {resolved.config.name}")
@@ -173,7 +172,7 @@ class WavSLM(nn.Module):
         if isinstance(codec, Codec):
             model.attach_codec(codec)
         elif codec is not None or load_codec:
-            model.attach_codec(_load_codec(codec or config.codec_config, resolved, allow_pickle))
+            model.attach_codec(_load_codec(codec or config.codec_config, resolved))
         return model.eval()
 
     @classmethod
@@ -186,7 +185,6 @@ class WavSLM(nn.Module):
         codec_config: str = WavSLMConfig.codec_config,
         window_size: int = 512,
         lookahead_size: int = 3,
-        allow_pickle: bool = False,
     ) -> "WavSLM":
         """A new LM whose backbone is a Hugging Face WavLM's upper layers (0-based `first_layer` on).
 
@@ -195,7 +193,7 @@ class WavSLM(nn.Module):
         """
         from .wavlm import from_hf
 
-        wavlm = from_hf(wavlm_ref, allow_pickle)
+        wavlm = from_hf(wavlm_ref)
         total = wavlm.config.num_layers
         num_layers = total - first_layer if num_layers is None else num_layers
         if not 0 <= first_layer < total or num_layers < 1 or first_layer + num_layers > total:
@@ -226,13 +224,13 @@ class WavSLM(nn.Module):
         return hub.save_folder(folder, to_dict(self.config), state)
 
 
-def _load_codec(ref: "str | os.PathLike", model: hub.Resolved, allow_pickle: bool) -> "Codec":
+def _load_codec(ref: "str | os.PathLike", model: hub.Resolved) -> "Codec":
     from .codec import Codec
 
     local = (model.folder / ref) if not os.path.isabs(ref) else Path(ref)
     target = local if local.exists() or local.with_name(local.name + ".json").exists() else ref
     try:
-        return Codec.from_pretrained(target, allow_pickle=allow_pickle)
+        return Codec.from_pretrained(target)
     except InputError as error:
         raise InputError(f"cannot load the codec '{ref}' named by {model.config}: {error}") from error
 

@@ -21,13 +21,13 @@ import yaml
 
 from .config import from_dict, to_dict
 from .errors import InputError
+from .pretrained import preset_path
 from .train.run import apply_overrides, read_yaml, train
 
 log = logging.getLogger("wavslm.recipe")
 
 # The codec's sub-stages in order; `finetune` is the decoder stage again, on the trained codec's own tokens.
 CODEC_STEPS = ("decoder", "posemb", "encoder", "quantizer", "joint", "finetune")
-PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
@@ -59,18 +59,6 @@ class RecipeConfig:
     codec_steps: dict[str, list[str]] = field(default_factory=dict)  # sub-stage -> `--set` overrides of `codec:`
     bench: BenchConfig = field(default_factory=BenchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-def preset_path(name: str) -> Path:
-    """`tiny` -> configs/tiny.yaml; a path to a YAML file is taken as it is."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    path = PRESETS / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PRESETS.glob("*.yaml"))
-        raise InputError(f"unknown recipe preset {name!r}; expected one of {known} or a .yaml file")
-    return path
 
 
 def resolve_recipe(preset: str, overrides: list[str]) -> tuple[RecipeConfig, dict]:

@@ -113,8 +113,8 @@ def run(args: argparse.Namespace) -> None:
     """Load the model and serve until interrupted."""
     import torch
 
-    from .cli import load_lm  # lazily: the CLI imports this module's configure()
     from .errors import InputError
+    from .pretrained import load_lm
 
     try:
         import fastapi  # noqa: F401

@@ -309,13 +309,13 @@ def wavlm_ref(ref: str | os.PathLike) -> str:
     return inner if os.path.isfile(os.path.join(inner, "config.json")) else str(ref)
 
 
-def from_hf(ref: str | os.PathLike, allow_pickle: bool = False) -> WavLM:
+def from_hf(ref: str | os.PathLike) -> WavLM:
     """Load a Hugging Face WavLM (folder or Hub id, e.g. `microsoft/wavlm-large`, or an `ssl` run's export)
     as a bidirectional `WavLM`."""
-    resolved = hub.resolve(wavlm_ref(ref), allow_pickle)
+    resolved = hub.resolve(wavlm_ref(ref))
     config = config_from_hf(hub.read_json(resolved.config), resolved.config)
     if resolved.weights is None:
-        raise InputError(f"WavLM '{ref}' has no model.safetensors (pass allow_pickle=True to read pytorch_model.bin)")
+        raise InputError(f"WavLM '{ref}' has no weights (model.safetensors or pytorch_model.bin)")
     hf = {k: v for k, v in hub.load_weights(resolved.weights).items() if not k.removeprefix("wavlm.").startswith(_HF_IGNORED)}
     model = WavLM(config)
     hub.load_state(model, state_from_hf(hf), resolved.weights)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from ..audio import load_audio, resample
 from ..errors import InputError
 from ..pitch import GROSS_ERROR, PYIN_SETTINGS
+from ..pretrained import BUNDLED_CODEC, load_codec
 from . import metrics
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -239,7 +240,6 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..cli import BUNDLED_CODEC, load_codec
 
     files = find_audio(args.data, args.limit)
     texts = None

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..audio import load_audio, resample, save_audio
 from ..errors import InputError
+from ..pretrained import BUNDLED_LM, load_lm
 from . import metrics
 from .codec_eval import find_audio, jsonable, means, write_json
 
@@ -152,7 +153,6 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..cli import BUNDLED_LM, load_lm
 
     files = find_audio(args.prompts, args.limit)
     lm = load_lm(args.model, args.device)

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..pretrained import load_lm
 from .loaders import TASKS, Clip, ClipReader, Pair, load_pairs
 
 if TYPE_CHECKING:
@@ -215,7 +216,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load the pairs and the model, score, print a summary and write the JSON results when asked."""
-    from ..cli import load_lm
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -114,10 +114,11 @@ class DiscriminatorConfig:
 
 @dataclass
 class CodecStageConfig:
+    LEGACY_KEYS: ClassVar[dict[str, str | None]] = {"teacher_allow_pickle": None}  # pickled weights load without it now
+
     step: str = "decoder"  # decoder | posemb | encoder | quantizer | joint
     teacher: str = "microsoft/wavlm-large"  # Hugging Face-layout WavLM (or a FocalCodec folder: its encoder)
     teacher_layers: int = 6
-    teacher_allow_pickle: bool = False  # read a .bin/.pt teacher (weights_only), e.g. microsoft/wavlm-large
     codec: dict = field(default_factory=_paper_codec)  # CodecConfig keys; {} with init_from: take its config
     init_from: str = ""  # a previous run's export folder (or any codec folder / hub id); "" for fresh
     decoder_from: str = ""  # optional: take the decoder from this export (a decoder run done in parallel)
@@ -172,8 +173,8 @@ class CodecStage:
         self.cfg, self.step = cfg, cfg.step
         # A quantizer run on a trained encoder, and a decoder fine-tune on the codec's own tokens, need no teacher.
         need_teacher = not (cfg.init_from and (cfg.step == "quantizer" or cfg.decoder_input == "codec"))
-        self.teacher = steps.load_teacher(cfg.teacher, cfg.teacher_layers, cfg.teacher_allow_pickle).to(device) if need_teacher else None
-        self.codec = self._build_codec(steps.teacher_config(cfg.teacher, cfg.teacher_allow_pickle)).to(device).eval().requires_grad_(False)
+        self.teacher = steps.load_teacher(cfg.teacher, cfg.teacher_layers).to(device) if need_teacher else None
+        self.codec = self._build_codec(steps.teacher_config(cfg.teacher)).to(device).eval().requires_grad_(False)
         self._check()
         # A decoder trained by its spectral (and pitch) losses alone, with no GAN terms, needs no discriminator.
         gan = cfg.loss.adv != 0 or cfg.loss.fm != 0

@@ -28,9 +28,9 @@ ARCHITECTURE = ("hidden_dims", "kernel_sizes", "strides", "dim", "ffn_dim", "num
 # ---- the teacher ----------------------------------------------------------------------------------------
 
 
-def teacher_config(ref: str, allow_pickle: bool = False) -> WavLMConfig:
+def teacher_config(ref: str) -> WavLMConfig:
     """The architecture of the teacher `ref`: a Hugging Face-layout WavLM, or a FocalCodec whose encoder it is."""
-    resolved = hub.resolve(wavlm_ref(ref), allow_pickle)
+    resolved = hub.resolve(wavlm_ref(ref))
     values = hub.read_json(resolved.config)
     if "encoder_config" in values:  # a FocalCodec folder: its (non-causal) encoder is the teacher, as in the recipe
         from ..codec import Codec, CodecConfig
@@ -44,22 +44,22 @@ def teacher_config(ref: str, allow_pickle: bool = False) -> WavLMConfig:
     return config_from_hf(values, resolved.config)
 
 
-def load_teacher(ref: str, layers: int, allow_pickle: bool = False) -> WavLM:
+def load_teacher(ref: str, layers: int) -> WavLM:
     """The frozen teacher: the conv front end and the first `layers` transformer layers of `ref`, no final norm.
 
     Its output is the recipe's target features ("layer 6 of WavLM-Large, no final norm" at paper scale).
     """
-    config = teacher_config(ref, allow_pickle)
+    config = teacher_config(ref)
     if config.causal:
         raise InputError(f"teacher '{ref}' is causal; the recipe distils from a non-causal (full-context) WavLM")
     if not 1 <= layers <= config.num_layers:
         raise InputError(f"teacher_layers must be in [1, {config.num_layers}] for teacher '{ref}', got {layers}")
-    if "encoder_config" in hub.read_json(hub.resolve(wavlm_ref(ref), allow_pickle).config):
+    if "encoder_config" in hub.read_json(hub.resolve(wavlm_ref(ref)).config):
         from ..codec import Codec
 
         full = Codec.from_pretrained(ref).encoder
     else:
-        full = from_hf(ref, allow_pickle)
+        full = from_hf(ref)
     keep = {k: v for k, v in full.state_dict().items()
             if not k.startswith("encoder.norm.") and not _layer_at_or_above(k, layers)}
     teacher = WavLM(dataclasses.replace(config, num_layers=layers, final_norm=False))

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +35,10 @@ class LMModelConfig:
     """`init`: "scratch", "wavlm" (upper layers of the Hugging Face-layout WavLM `init_from`, e.g. the
     `ssl` stage's export) or "lm" (continue from the WavSLM folder `init_from`)."""
 
+    LEGACY_KEYS: ClassVar[dict[str, str | None]] = {"allow_pickle": None}  # pickled weights load without it now
+
     init: str = "scratch"
     init_from: str = ""
-    allow_pickle: bool = False  # read a .bin/.pt init checkpoint (weights_only), e.g. microsoft/wavlm-large
     first_layer: int = 6
     num_layers: int = 18
     dim: int = 1024
@@ -99,9 +101,9 @@ class LMStage:
         vocab = self.codec.vocab_size
         if m.init == "wavlm":
             return WavSLM.from_wavlm(m.init_from, m.first_layer, m.num_layers, vocab, str(self.cfg.data.codec),
-                                     m.window_size, m.lookahead_size, allow_pickle=m.allow_pickle)
+                                     m.window_size, m.lookahead_size)
         if m.init == "lm":
-            return WavSLM.from_pretrained(m.init_from, load_codec=False, allow_pickle=m.allow_pickle).train()
+            return WavSLM.from_pretrained(m.init_from, load_codec=False).train()
         if m.init != "scratch":
             raise InputError(f"lm stage: model.init must be scratch, wavlm or lm, got {m.init!r}")
         config = WavSLMConfig(vocab_size=vocab, num_layers=m.num_layers, dim=m.dim, ffn_dim=m.ffn_dim,

@@ -13,6 +13,7 @@ import yaml
 
 from ..config import from_dict, to_dict
 from ..errors import InputError
+from ..pretrained import preset_path
 from . import dist as distributed
 from .loop import Trainer
 
@@ -64,6 +65,7 @@ def resolve(stage: str, config: str | Path | None, overrides: list[str]):
     cls, _ = stages[stage]
     section = {}
     if config is not None:
+        config = preset_path(str(config))  # a packaged preset's name (tiny, paper_4k) or a file
         values = read_yaml(config)
         section = values.get(stage, {})
         if not isinstance(section, dict):
