@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from wavslm.audio import load_audio
-from wavslm.train.codec_steps import load_teacher
+from wavslm.train.codec.teacher import load_teacher
 from wavslm.train.losses import mel_spectrogram
 
 

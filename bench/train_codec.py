@@ -1,6 +1,6 @@
 """Codec training throughput (audio seconds per second) per sub-stage, one process and 2-process DDP.
 
-    python bench/train_codec.py [--steps 20] [--size tiny|mid] [--stages decoder quantizer] [--no-ddp]
+    python bench/train_codec.py [--steps 20] [--size tiny|mid] [--substages decoder quantizer] [--no-ddp]
 
 `tiny`: the toy codec of the tests, distilled from the reference tiny Hugging Face WavLM (dim 64).
 `mid`: a random-weight WavLM teacher of dim 256 (2 of 4 layers), focal blocks of 256, 4096 codes,
@@ -53,20 +53,20 @@ def teacher(work: Path, size: str) -> Path:
     return work / "teacher"
 
 
-def run(work: Path, size: str, stage: str, steps: int, ddp: bool, batch: int, seconds: float) -> float:
+def run(work: Path, size: str, substage: str, steps: int, ddp: bool, batch: int, seconds: float) -> float:
     dim, bits = (64, 6) if size == "tiny" else (256, 12)
     clips = sorted(SPEECH.rglob("*.wav"))[:16]
     manifest = work / "train.jsonl"
     manifest.write_text("".join(json.dumps({"path": str(c), "duration": sf.info(c).duration}) + "\n" for c in clips))
-    config = work / f"{size}-{stage}.yaml"
+    config = work / f"{size}-{substage}.yaml"
     config.write_text(yaml.safe_dump({"codec": {
-        "step": stage, "teacher": str(teacher(work, size)) if not (work / "teacher").exists() or size == "tiny" else str(work / "teacher"),
+        "substage": substage, "teacher": str(teacher(work, size)) if not (work / "teacher").exists() or size == "tiny" else str(work / "teacher"),
         "teacher_layers": 2, "codec": codec_config(dim, bits), "loss": {"layer_weights": [0.9, 1.0]},
         "data": {"train": str(manifest), "segment_seconds": seconds, "context_seconds": 0.0},
         "train": {"steps": steps, "batch_size": batch, "log_every": 1, "valid_every": 10**9, "save_every": 10**9,
                   "schedule": "constant"},
     }}))
-    out = work / f"run-{size}-{stage}-{'ddp' if ddp else 'one'}"
+    out = work / f"run-{size}-{substage}-{'ddp' if ddp else 'one'}"
     cli = ["-m", "wavslm.cli", "train", "codec", "--config", str(config), "-o", str(out)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cli] if ddp else [sys.executable, *cli]
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if ddp else dict(os.environ)
@@ -80,17 +80,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", default="tiny", choices=["tiny", "mid"])
-    parser.add_argument("--stages", nargs="+", default=["decoder", "quantizer"])
+    parser.add_argument("--substages", nargs="+", default=["decoder", "quantizer"])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=1.0, help="crop length per item")
     parser.add_argument("--no-ddp", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in args.stages:
-            one = run(Path(tmp), args.size, stage, args.steps, False, args.batch, args.seconds)
-            line = f"{args.size} {stage:9s} (batch {args.batch} x {args.seconds:g} s): 1 process {one:7.2f} audio s/s"
+        for substage in args.substages:
+            one = run(Path(tmp), args.size, substage, args.steps, False, args.batch, args.seconds)
+            line = f"{args.size} {substage:9s} (batch {args.batch} x {args.seconds:g} s): 1 process {one:7.2f} audio s/s"
             if not args.no_ddp:
-                two = run(Path(tmp), args.size, stage, args.steps, True, args.batch, args.seconds)
+                two = run(Path(tmp), args.size, substage, args.steps, True, args.batch, args.seconds)
                 line += f"   2-process DDP {two:7.2f} audio s/s ({two / one:.2f}x)"
             print(line, flush=True)
 

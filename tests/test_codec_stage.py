@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -74,12 +75,12 @@ def chain(setup):
     torch.set_num_threads(1)  # as `_one_thread`, which module-scoped fixtures run before
     runs, previous = {}, []
     try:
-        for step, steps, lr, extra in PLAN:
-            run = folder / step
-            overrides = [f"step={step}", f"train.steps={steps}", f"train.lr={lr}", f"train.valid_every={steps}",
-                         f"train.save_every={steps}", *extra, *previous]
+        for substage, steps, lr, extra in PLAN:
+            run = folder / substage
+            overrides = [f"substage={substage}", f"train.steps={steps}", f"train.lr={lr}",
+                         f"train.valid_every={steps}", f"train.save_every={steps}", *extra, *previous]
             train("codec", run, config, overrides)
-            runs[step], previous = run, [f"init_from={run / 'export'}"]
+            runs[substage], previous = run, [f"init_from={run / 'export'}"]
     finally:
         torch.set_num_threads(threads)
     return runs
@@ -103,20 +104,20 @@ def prefixes(names):
     return {k.split(".")[0] if k.startswith("compressor") else ".".join(k.split(".")[:2]) for k in names}
 
 
-@pytest.mark.parametrize(("step", "key", "ratio"), [
+@pytest.mark.parametrize(("substage", "key", "ratio"), [
     ("decoder", "mel", 0.85), ("posemb", "loss", 0.5), ("encoder", "loss", 0.6), ("quantizer", "mse", 0.3),
     ("joint", "mse", 0.8),
 ])
-def test_each_sub_stage_learns(chain, step, key, ratio):
-    values = curve(chain[step], key)
+def test_each_sub_stage_learns(chain, substage, key, ratio):
+    values = curve(chain[substage], key)
     head, tail = sum(values[:3]) / 3, sum(values[-3:]) / 3
-    assert tail < ratio * head, (step, key, values[:: max(1, len(values) // 8)])
+    assert tail < ratio * head, (substage, key, values[:: max(1, len(values) // 8)])
 
 
 def test_each_sub_stage_trains_only_its_parts(chain, reference):
     from wavslm.wavlm import from_hf
 
-    exports = {step: weights(run) for step, run in chain.items()}
+    exports = {substage: weights(run) for substage, run in chain.items()}
     assert (chain["decoder"] / "export" / "discriminator.safetensors").is_file()
     # A fresh codec's encoder is the teacher's front end and first 2 layers; the decoder run leaves it so.
     teacher = from_hf(reference / "hf_wavlm_tiny").state_dict()
@@ -153,28 +154,50 @@ def test_the_exported_codec_loads_is_causal_and_streams_like_offline(chain, setu
 
 def test_config_errors_name_the_problem(chain, setup, tmp_path):
     _, config, _ = setup
-    with pytest.raises(InputError, match="step must be one of decoder, posemb, encoder, quantizer, joint"):
-        train("codec", tmp_path / "a", config, ["step=vocoder"])
+    with pytest.raises(InputError, match="substage must be one of decoder, posemb, encoder, quantizer, joint"):
+        train("codec", tmp_path / "a", config, ["substage=vocoder"])
     with pytest.raises(InputError, match=r"codec.encoder_config.dim is 32 but must be 64"):
-        train("codec", tmp_path / "b", config, ["step=encoder", "codec.encoder_config.dim=32"])
+        train("codec", tmp_path / "b", config, ["substage=encoder", "codec.encoder_config.dim=32"])
     with pytest.raises(InputError, match=r"its compressor output_dim is 6, the codec config says 7"):
         train("codec", tmp_path / "c", config, [
-            "step=quantizer", f"init_from={chain['joint'] / 'export'}", "codec.quantizer_config.codebook_size=128",
+            "substage=quantizer", f"init_from={chain['joint'] / 'export'}", "codec.quantizer_config.codebook_size=128",
             "codec.compressor_config.output_dim=7", "codec.decompressor_config.input_dim=7"])
+
+
+def test_an_older_config_s_step_is_read_as_substage_and_both_keys_are_refused():
+    from wavslm.config import from_dict
+    from wavslm.train.codec import CodecStageConfig
+
+    assert from_dict(CodecStageConfig, {"step": "quantizer"}, "old config").substage == "quantizer"
+    with pytest.raises(InputError, match="has both 'step' and its new name 'substage'; keep 'substage'"):
+        from_dict(CodecStageConfig, {"step": "quantizer", "substage": "joint"}, "config")
+
+
+def test_a_run_saved_with_the_older_step_key_resumes_under_the_recipe_s_overrides(chain, tmp_path):
+    """A run folder from before `step` became `substage` continues, given `substage=` as the recipe gives it."""
+    run = tmp_path / "posemb"
+    shutil.copytree(chain["posemb"], run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["config"] = {"step": saved["config"].pop("substage"), **saved["config"]}
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    train("codec", run, overrides=["substage=posemb", "train.steps=22"], resume=True)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"][-3:] == [20, 21, 22]
+    assert yaml.safe_load((run / "config.yaml").read_text())["config"]["substage"] == "posemb"
 
 
 def test_the_decoder_fine_tunes_on_the_codec_s_own_tokens_and_nothing_else_moves(chain, setup, tmp_path):
     _, config, _ = setup
     joint = chain["joint"] / "export"
     run = tmp_path / "finetune"
-    train("codec", run, config, ["step=decoder", "decoder_input=codec", f"init_from={joint}", "train.steps=8",
-                                 "train.lr=1e-3", "train.valid_every=8", "train.save_every=8"])
+    train("codec", run, config, ["substage=decoder", "decoder_input=codec", f"init_from={joint}",
+                                 "train.steps=8", "train.lr=1e-3", "train.valid_every=8", "train.save_every=8"])
     changed = moved(weights(chain["joint"]), weights(run))
     assert changed and all(k.startswith("decoder.") for k in changed)
     mel = curve(run, "mel")
     assert len(mel) == 8 and all(v == v for v in mel)
     with pytest.raises(InputError, match="decoder_input codec fine-tunes the decoder of a trained codec"):
-        train("codec", tmp_path / "a", config, ["step=decoder", "decoder_input=codec"])
+        train("codec", tmp_path / "a", config, ["substage=decoder", "decoder_input=codec"])
     with pytest.raises(InputError, match="decoder_input must be teacher or codec"):
         train("codec", tmp_path / "b", config, ["decoder_input=tokens"])
 
@@ -183,7 +206,7 @@ def test_the_decoder_fine_tunes_on_the_codec_s_own_tokens_and_nothing_else_moves
 def test_two_process_ddp_decoder_matches_one_process(setup, tmp_path):
     """The GAN under DDP: the generator's adversarial pass uses the raw, frozen discriminator."""
     _, config, _ = setup
-    args = ["train", "codec", "--config", str(config), "--set", "step=decoder", "--set", "train.steps=4",
+    args = ["train", "codec", "--config", str(config), "--set", "substage=decoder", "--set", "train.steps=4",
             "--set", "train.valid_every=100", "--set", "data.segment_seconds=0.5", "--set", "train.lr=0.002"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "wavslm.cli", *args, "-o", str(tmp_path / "one")],
@@ -203,7 +226,7 @@ def test_two_process_ddp_decoder_matches_one_process(setup, tmp_path):
 def test_a_pickled_teacher_loads_as_its_safetensors_twin(tmp_path):
     from conftest import REFERENCE
 
-    from wavslm.train.codec_steps import load_teacher
+    from wavslm.train.codec.teacher import load_teacher
 
     folder = tmp_path / "wavlm_bin"  # the layout of microsoft/wavlm-large on the Hub: pytorch_model.bin only
     folder.mkdir()
@@ -224,9 +247,9 @@ def test_a_trained_codec_takes_a_harmonic_decoder_that_learns_pitch_and_nothing_
     _, config, _ = setup
     codec = {**TOY_CODEC, "decoder_name": "HarmonicNoise", "decoder_config": HARMONIC}
     run = tmp_path / "harmonic"
-    overrides = ["step=decoder", "decoder_input=codec", f"init_from={chain['joint'] / 'export'}", "train.steps=30",
-                 "train.lr=3e-3", "train.valid_every=30", "train.save_every=30", "data.segment_seconds=0.5",
-                 "loss.adv=0", "loss.fm=0", "loss.stft=1.0"]
+    overrides = ["substage=decoder", "decoder_input=codec", f"init_from={chain['joint'] / 'export'}",
+                 "train.steps=30", "train.lr=3e-3", "train.valid_every=30", "train.save_every=30",
+                 "data.segment_seconds=0.5", "loss.adv=0", "loss.fm=0", "loss.stft=1.0"]
     train("codec", run, config, [*overrides, f"codec={json.dumps(codec)}"])
     before, after = weights(chain["joint"]), weights(run)
     assert all(torch.equal(v, after[k]) for k, v in before.items() if not k.startswith("decoder."))
@@ -245,8 +268,8 @@ def test_a_trained_codec_takes_a_harmonic_decoder_that_learns_pitch_and_nothing_
 def test_the_pitch_probe_trains_with_the_tokens_and_is_not_exported(chain, setup, tmp_path):
     _, config, _ = setup
     run = tmp_path / "joint_pitch"
-    train("codec", run, config, ["step=joint", f"init_from={chain['quantizer'] / 'export'}", "train.steps=6",
-                                 "train.valid_every=6", "train.save_every=6", "loss.pitch=1.0"])
+    train("codec", run, config, ["substage=joint", f"init_from={chain['quantizer'] / 'export'}",
+                                 "train.steps=6", "train.valid_every=6", "train.save_every=6", "loss.pitch=1.0"])
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
     assert all(r["probe_f0"] > 0 and 0 < r["probe_voicing"] and 0 <= r["probe_gpe"] <= 1 for r in train_rows)

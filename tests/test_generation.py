@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 import wavslm
 from wavslm import WavSLM, load_audio
-from wavslm.generation import _most_likely, sample_next_token
+from wavslm.generation.sampling import _most_likely, sample_next_token
 
 
 @pytest.fixture(scope="module")

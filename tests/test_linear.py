@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from wavslm.benchmark import build
 from wavslm.modules.conv import StreamingConv1d
 from wavslm.modules.focal_layers import UpScale
-from wavslm.modules.linear import FEW_ROWS, Int8Linear, PointwiseConv1d, linear
+from wavslm.modules.linear import Int8Linear, PointwiseConv1d, linear
+from wavslm.modules.tuning import ATTENTION_QUERIES, CONV_FRAMES, LINEAR_ROWS, POSITIONAL_CONV_ROWS
 from wavslm.optimize import optimize_for_inference
 
 
-@pytest.mark.parametrize("rows", [1, 4, FEW_ROWS, FEW_ROWS + 1])
+@pytest.mark.parametrize("rows", [1, 4, LINEAR_ROWS.limit, LINEAR_ROWS.limit + 1])
 def test_linear_equals_torch_for_any_number_of_rows(rows):
     g = torch.Generator().manual_seed(rows)
     x, w, b = torch.randn(2, rows, 96, generator=g), torch.randn(80, 96, generator=g), torch.randn(80, generator=g)
@@ -22,6 +23,14 @@ def test_linear_equals_torch_for_any_number_of_rows(rows):
     w.requires_grad_(True)
     linear(x, w, b).sum().backward()
     assert w.grad is not None and w.grad.shape == w.shape
+
+
+def test_tuned_paths_are_taken_only_on_the_device_they_were_measured_on():
+    cpu, meta = torch.empty(2, 3), torch.empty(2, 3, device="meta")
+    for tuned in (LINEAR_ROWS, CONV_FRAMES, POSITIONAL_CONV_ROWS, ATTENTION_QUERIES):
+        assert tuned.device == "cpu"
+        assert tuned.admits(tuned.limit, cpu) and not tuned.admits(tuned.limit + 1, cpu)
+        assert not tuned.admits(1, meta)
 
 
 def _int8_close(float_out: torch.Tensor, int8_out: torch.Tensor) -> bool:
@@ -50,8 +59,8 @@ def test_conv_weights_act_as_the_linear_maps_they_are_and_pack_to_int8():
 
         # A dense causal conv, stepped a few frames at a time (windows times the flat weight) = one pass.
         conv = StreamingConv1d(64, 40, 7, causal=True)
-        x = torch.randn(1, 64, 2 * FEW_ROWS, generator=g)
-        offline, _ = conv(x)  # more than FEW_ROWS frames: oneDNN's convolution
+        x = torch.randn(1, 64, 2 * CONV_FRAMES.limit, generator=g)
+        offline, _ = conv(x)  # more than CONV_FRAMES frames: oneDNN's convolution
         assert torch.allclose(offline, conv._conv_forward(F.pad(x, (6, 0)), conv.weight, conv.bias), atol=1e-5)
         state, pieces = None, []
         for i in range(0, x.shape[-1], 4):

@@ -15,6 +15,7 @@ from conftest import REFERENCE, SPEECH
 from wavslm.audio import load_audio, save_audio
 from wavslm.errors import InputError
 from wavslm.eval import codec_eval, generation_eval, metrics
+from wavslm.io import find_audio
 
 CLEAN = "librispeech-dev-clean/84/84-121123-0007.wav"  # 2.0 s, "what do you mean sir"
 NOISY_48K = "voicebank-noisy-testset/p287_007.wav"  # 3.4 s at 48 kHz
@@ -228,6 +229,6 @@ def test_voiced_share_tells_speech_from_noise(clip):
 
 def test_eval_commands_name_a_missing_or_empty_folder(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        codec_eval.find_audio(tmp_path / "missing")
+        find_audio(tmp_path / "missing")
     with pytest.raises(InputError, match="no .wav/.flac/.ogg files"):
-        codec_eval.find_audio(tmp_path)
+        find_audio(tmp_path)

@@ -4,10 +4,11 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from wavslm import Codec, WavSLM
 from wavslm.cli import main
-from wavslm.recipe import CODEC_STEPS, resolve_recipe
+from wavslm.recipe import CODEC_SUBSTAGES, resolve_recipe
 
 # The tiny preset's architecture with a few steps per stage and a few minutes of corpus.
 MICRO = [
@@ -16,7 +17,8 @@ MICRO = [
     "ssl.train.steps=4", "ssl.train.valid_every=4", "ssl.train.log_every=1", "ssl.targets.iters=5",
     "codec.train.batch_size=4", "codec.train.valid_batches=1", "codec.data.max_seconds=4.0",
     "lm.train.steps=6", "lm.train.valid_every=6", "lm.train.batch_size=4", "lm.data.crop_tokens=64",
-    *(f"recipe.codec_steps.{s}=[train.steps=2,train.valid_every=2,train.log_every=1]" for s in CODEC_STEPS),
+    *(f"recipe.codec_substages.{s}=[train.steps=2,train.valid_every=2,train.log_every=1]"
+      for s in CODEC_SUBSTAGES),
 ]
 
 
@@ -35,7 +37,7 @@ def run(tmp_path_factory):
 
 def test_every_stage_ran_and_the_report_holds_every_metric(run):
     report = json.loads((run / "run" / "report.json").read_text())
-    assert list(report["seconds"]) == ["corpus", "ssl", *(f"codec_{s}" for s in CODEC_STEPS), "tokenize", "lm",
+    assert list(report["seconds"]) == ["corpus", "ssl", *(f"codec_{s}" for s in CODEC_SUBSTAGES), "tokenize", "lm",
                                        "bench", "eval"]
     suite = report["eval"]["synthetic_suite"]
     assert sorted(suite) == ["lexical", "speaker_consistency", "syntactic", "topic_story"]
@@ -44,7 +46,7 @@ def test_every_stage_ran_and_the_report_holds_every_metric(run):
     assert codec["num_files"] == 2 and -1.0 <= codec["mean"]["stoi"] <= 1.0 and codec["bitrate_bps"] == 400
     assert report["eval"]["generation"]["num_continuations"] == 1
     by_stage = report["codec_by_stage"]  # measured after each codec sub-stage, along the path it trained
-    assert list(by_stage) == list(CODEC_STEPS)
+    assert list(by_stage) == list(CODEC_SUBSTAGES)
     for scores in by_stage.values():
         assert sorted(scores) == ["f0_rmse_cents", "gpe", "stoi", "vde"]
         assert -1.0 <= scores["stoi"] <= 1.0 and 0.0 <= scores["vde"] <= 1.0
@@ -77,7 +79,7 @@ def test_the_bundle_loads_generates_and_has_a_model_card(run, tmp_path):
             assert (tmp_path / "demo" / name / f"{stem}.png").is_file()
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["prompts"]["real"]["continuation_seconds"] == pytest.approx(0.96)
-    assert (tmp_path / "demo" / "report.md").is_file() and not (tmp_path / "demo.tmp").exists()
+    assert (tmp_path / "demo" / "report.md").is_file() and not list(tmp_path.glob(".demo.*"))
 
 
 def test_compare_sets_another_model_beside_the_run_in_the_card(run):
@@ -103,7 +105,18 @@ def test_recipe_settings_errors_name_the_key():
 
     with pytest.raises(InputError, match="start the key with its section"):
         resolve_recipe("tiny", ["train.steps=3"])
-    with pytest.raises(InputError, match="unknown recipe preset 'huge'"):
+    with pytest.raises(InputError, match="unknown preset 'huge'"):
         resolve_recipe("huge", [])
     with pytest.raises(InputError, match="unknown sub-stages"):
-        resolve_recipe("tiny", ["recipe.codec_steps.vocoder=[]"])
+        resolve_recipe("tiny", ["recipe.codec_substages.vocoder=[]"])
+
+
+def test_an_older_preset_s_codec_steps_are_read_as_codec_substages(tmp_path):
+    from wavslm import InputError
+
+    preset = tmp_path / "old.yaml"
+    preset.write_text(yaml.safe_dump({"recipe": {"codec_steps": {"decoder": ["train.steps=3"]}}}))
+    recipe, _ = resolve_recipe(str(preset), ["recipe.codec_substages.joint=[train.steps=4]"])
+    assert recipe.codec_substages == {"decoder": ["train.steps=3"], "joint": ["train.steps=4"]}
+    with pytest.raises(InputError, match="has both 'codec_steps' and its new name 'codec_substages'"):
+        resolve_recipe("tiny", ["recipe.codec_steps.decoder=[]"])

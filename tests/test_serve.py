@@ -416,34 +416,37 @@ def test_http_body_that_stalls_times_out(server, wav):
 
 
 
-def test_sessions_waiting_together_are_stepped_as_one_batch(lm, wav):
+def test_prompts_arriving_together_are_read_and_stepped_as_one_batch(lm, wav):
     import asyncio
 
-    from wavslm.serve_engine import Settings, decode_file
+    from wavslm.serve.engine import Settings, decode_file
 
     engine = create_app(lm).state.engine
 
+    async def whole(gen):
+        chunks = []
+        while (chunk := await engine.step(gen)) is not None:
+            chunks.append(chunk)
+        await engine.call(engine.close, gen)
+        return chunks
+
     async def scenario():
         sig, sr = decode_file(wav, engine.limits)
-        alone, batched = [], []
+        alone = []
         for seed in (5, 6):
-            gen = await engine.call(engine.open, sig, sr, Settings(seconds=0.4, seed=seed))
-            alone.append([await engine.step(gen) for _ in range(3)])
-            batched.append(await engine.call(engine.open, sig, sr, Settings(seconds=0.4, seed=seed)))
+            alone.append(await whole(await engine.open(sig, sr, Settings(seconds=0.4, seed=seed))))
         steps, rows = engine.steps_run, engine.rows_stepped
-        got = [[], []]
-        for _ in range(3):
-            gate = threading.Event()  # hold the model thread until both sessions have asked
-            engine.model_thread.submit(gate.wait)
-            pending = [asyncio.ensure_future(engine.step(gen)) for gen in batched]
-            await asyncio.sleep(0.01)
-            gate.set()
-            for row, chunk in enumerate(await asyncio.gather(*pending)):
-                got[row].append(chunk)
-        return alone, got, engine.steps_run - steps, engine.rows_stepped - rows
+        gate = threading.Event()  # hold the model thread until both prompts have arrived
+        engine.model_thread.submit(gate.wait)
+        opening = [asyncio.ensure_future(engine.open(sig, sr, Settings(seconds=0.4, seed=seed))) for seed in (5, 6)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        together = await asyncio.gather(*[whole(gen) for gen in await asyncio.gather(*opening)])
+        return alone, together, engine.steps_run - steps, engine.rows_stepped - rows
 
-    alone, got, steps, rows = asyncio.run(scenario())
-    assert (steps, rows) == (3, 6)  # each step advanced both sessions at once
-    for one, two in zip(alone, got, strict=True):
+    alone, together, steps, rows = asyncio.run(scenario())
+    assert (steps, rows) == (5, 10)  # 0.4 s = 5 chunks; each step advanced both sessions at once
+    for one, two in zip(alone, together, strict=True):
+        assert len(one) == len(two) == 5
         for a, b in zip(one, two, strict=True):
             assert a.shape == b.shape == (CHUNK,) and np.abs(a - b).max() < 1e-4  # each its own continuation

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import wavslm
-from wavslm.train.features import deltas, kmeans_assign, kmeans_fit, log_mel, mfcc, num_frames
+from wavslm.train.features import deltas, kmeans_assign, kmeans_fit, log_mel, mfcc
 from wavslm.train.ssl_parts import (
     IGNORE,
     MaskedPredictionHead,
@@ -17,7 +17,7 @@ from wavslm.train.ssl_parts import (
     span_mask,
     ssl_forward,
 )
-from wavslm.wavlm import WavLM, WavLMConfig
+from wavslm.wavlm import WavLM, WavLMConfig, num_frames
 
 
 def tiny_wavlm(**overrides) -> WavLM:

@@ -68,7 +68,7 @@ def test_corpus_manifests_durations_and_splits(corpus):
             total += e["duration"]
     assert total / 3600 == pytest.approx(summary["hours"], abs=1e-3)
     assert seen["test"] <= test_names and not (seen["train"] | seen["valid"]) & test_names
-    assert not list(out.parent.glob(".corpus.partial-*"))  # the temporary folder was renamed
+    assert not list(out.parent.glob(".corpus.*"))  # the temporary folder was renamed
 
 
 def test_corpus_is_deterministic_whatever_the_workers(corpus, tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from wavslm import Codec, WavSLM
 from wavslm.data.manifest import build_manifest
-from wavslm.recipe import CODEC_STEPS, Recipe
+from wavslm.recipe import CODEC_SUBSTAGES, Recipe
 
 # A few steps each on fixed crops at a constant rate: enough to see every loss fall, seconds per stage.
 FEW = ["train.schedule=constant", "train.warmup_steps=0", "train.log_every=1", "train.valid_batches=1"]
@@ -34,15 +34,15 @@ def run(tmp_path_factory):
         (clips / clip.name).symlink_to(clip)
     for split in ("train", "valid", "test"):
         build_manifest(clips, root / f"{split}.jsonl", max_duration=8.0, progress=False)
-    steps = [f"recipe.codec_steps.{s}=[train.steps={n},train.valid_every={n},train.save_every={n}]"
+    steps = [f"recipe.codec_substages.{s}=[train.steps={n},train.valid_every={n},train.save_every={n}]"
              for s, n in STEPS.items()]
     recipe = Recipe("tiny", root / "run", [*MICRO, *steps], corpus=str(root))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: a second thread costs more in contention than it gains
     try:
         recipe.train_ssl()
-        for step in CODEC_STEPS:
-            recipe.train_codec(step)
+        for substage in CODEC_SUBSTAGES:
+            recipe.train_codec(substage)
         recipe.tokenize()
         recipe.train_lm()
     finally:

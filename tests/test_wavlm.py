@@ -8,7 +8,21 @@ import torch
 from safetensors.torch import load_file
 
 from wavslm import InputError, WavSLM
-from wavslm.wavlm import WavLM, WavLMConfig, from_hf
+from wavslm.wavlm import WavLM, WavLMConfig, from_hf, num_frames
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@torch.no_grad()
+def test_num_frames_counts_what_the_front_end_emits(causal):
+    config = WavLMConfig(hidden_dims=[4] * 7, causal=causal)
+    extractor = WavLM(WavLMConfig(hidden_dims=[4] * 7, num_layers=1, dim=8, ffn_dim=8, num_heads=1,
+                                  num_buckets=4, conv_pos=2, conv_pos_groups=1, causal=causal)).feature_extractor
+    lengths = [1, 399, 400, 719, 720, 1280, 4321]
+    counts = [extractor(torch.zeros(1, n))[0].shape[1] for n in lengths]
+    assert [num_frames(n, config) for n in lengths] == counts
+    assert num_frames(torch.tensor(lengths), config).tolist() == counts
+    if not causal:
+        assert counts == [max(1, (n - 400) // 320 + 1) for n in lengths] == [num_frames(n) for n in lengths]
 
 
 @pytest.fixture

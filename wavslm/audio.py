@@ -14,7 +14,6 @@ Everything that touches audio files goes through here, so bad input fails in one
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import soxr
 import torch
 
 from .errors import InputError
+from .io import temporary_path, write_file
 
 # A 2-D signal with more "channels" than this was almost surely passed as (samples, channels).
 _MAX_CHANNELS = 64
@@ -185,19 +185,14 @@ def save_audio(
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"cannot save audio to '{path}': cannot create its folder ({err})") from err
-    # Same folder as the destination so os.replace is an atomic rename on one filesystem.
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     try:
-        sf.write(tmp, data, int(sample_rate), format=major, subtype=subtype)
-        os.replace(tmp, dest)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, sf.LibsndfileError):
-            # error_string, not str(err): the latter names the temporary file, not the user's.
-            raise InputError(f"cannot save audio to '{path}': {err.error_string}") from err
-        if isinstance(err, (sf.SoundFileError, OSError)):
-            raise InputError(f"cannot save audio to '{path}': {err}") from err
-        raise
+        # No fsync: corpora are written a file at a time, and a killed run leaves no half-written file anyway.
+        write_file(dest, lambda tmp: sf.write(tmp, data, int(sample_rate), format=major, subtype=subtype), sync=False)
+    except sf.LibsndfileError as err:
+        # error_string, not str(err): the latter names the temporary file, not the user's.
+        raise InputError(f"cannot save audio to '{path}': {err.error_string}") from err
+    except (sf.SoundFileError, OSError) as err:
+        raise InputError(f"cannot save audio to '{path}': {err}") from err
 
 
 def resample(sig: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
@@ -235,7 +230,7 @@ class WavStreamWriter:
 
     def __init__(self, paths: list[Path], sample_rate: int):
         self.paths = [Path(p) for p in paths]
-        self.tmps = [p.with_name(f".{p.name}.part") for p in self.paths]
+        self.tmps = [temporary_path(p) for p in self.paths]
         for p in self.paths:
             p.parent.mkdir(parents=True, exist_ok=True)
         self.files = [sf.SoundFile(t, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV")

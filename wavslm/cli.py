@@ -4,7 +4,6 @@ Bad input (a missing file, unreadable audio, an unloadable model) prints one lin
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -18,23 +17,16 @@ from tqdm import tqdm
 
 from .audio import WavStreamWriter, load_audio, save_audio
 from .errors import InputError
+from .generation import generate_steps, prompt_tokens
+from .io import write_json, write_npy
 from .pretrained import BUNDLED_CODEC, OPTIMIZE, load_codec, load_lm
+from .serve import command as serve
 
 OPTIMIZE_HELP = ("convert the model for inference (default: none): float32 = the same numbers with weights in "
                  "oneDNN's packed layout (faster at paper size on a CPU); bfloat16 / int8 = faster still, with the "
                  "deviation the README states")
 
 log = logging.getLogger("wavslm")
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _progress(total: int, desc: str, unit: str) -> tqdm:
@@ -61,7 +53,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     codec = load_codec(args.codec, args.device)
     sig, _ = load_audio(args.input, sample_rate=codec.sample_rate_input)
     toks = _encode(codec, sig.to(args.device))
-    _save_npy(args.output, toks.cpu().numpy().astype(np.int64))
+    write_npy(args.output, toks.cpu().numpy().astype(np.int64))
     print(f"{args.output}: {toks.shape[1]} tokens x {toks.shape[0]} channel(s) at {codec.frame_rate:g} tokens/s")
 
 
@@ -96,8 +88,6 @@ def cmd_resynth(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .generation import generate_steps, prompt_tokens
-
     if args.top_k is not None and args.top_p_given:
         raise InputError("give --top-p or --top-k, not both")
     top_p = None if args.top_k is not None else args.top_p
@@ -157,7 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
                        args.seconds, args.compile, args.rounds)
     print(format_report(report))
     if args.output:
-        args.output.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.output, report)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -308,8 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
                   "similarity, WER, bitrate, codebook usage."),
         "generation": (".eval.generation_eval", "Continue 3 s prompts: DNSMOS, speaker similarity, intelligibility."),
     })
-
-    from . import serve  # light: FastAPI is imported only when serving
 
     p = verb("serve", serve.run, "Serve the page, a WebSocket stream and an HTTP API of continuations (127.0.0.1:8998).")
     serve.configure(p)

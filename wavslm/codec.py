@@ -321,29 +321,47 @@ class CodecStream:
         sig, self._decoder = self.codec.decoder(qfeats, self._decoder)
         return sig
 
+    @torch.no_grad()
+    def advance(self, qfeats: Tensor) -> None:
+        """Carry the decoder's stream over `qfeats (B, T, D)` without keeping its audio (a prompt read
+        before a continuation). Decoders with an `advance(qfeats, state)` skip rendering the samples."""
+        qfeats = self._check_batch(qfeats)
+        if self.matching_set is not None:
+            qfeats = knn_average(qfeats, self.matching_set.to(qfeats), self.topk)
+        decoder = self.codec.decoder
+        if hasattr(decoder, "advance"):
+            self._decoder = decoder.advance(qfeats, self._decoder)
+        else:
+            _, self._decoder = decoder(qfeats, self._decoder)
+
     def decode(self, toks: Tensor) -> Tensor:
         """`toks (B, T) -> sig (B, T * hop)`: `synthesize(dequantize(toks))`."""
         return self.synthesize(self.dequantize(toks))
 
+    PARTS = ("_encoder", "_compressor", "_decompressor", "_decoder")
+    SYNTHESIS = ("_decompressor", "_decoder")  # the parts a generation step advances
+
     @classmethod
-    def stack(cls, streams: "list[CodecStream]") -> "CodecStream":
-        """One batched session continuing each of `streams` (rows in order); samples still pending must agree."""
-        if any(s._pending is not None and s._pending.shape[1] for s in streams):
+    def stack(cls, streams: "list[CodecStream]", parts: tuple[str, ...] = PARTS) -> "CodecStream":
+        """One batched session continuing each of `streams` (rows in order) in the verbs whose `parts` it
+        takes (default: all; `SYNTHESIS` for `dequantize` and `synthesize` only, whatever the encoders hold)."""
+        if "_encoder" in parts and any(s._pending is not None and s._pending.shape[1] for s in streams):
             raise InputError("cannot stack streams that hold part of a chunk; stack them on chunk boundaries")
-        parts = {
-            name: None if getattr(streams[0], name) is None else stack_states([getattr(s, name) for s in streams])
-            for name in ("_encoder", "_compressor", "_decompressor", "_decoder")
-        }
+        taken = {name: None if getattr(streams[0], name) is None else stack_states([getattr(s, name) for s in streams])
+                 for name in parts}
         first = streams[0]
-        return cls(first.codec, sum(s.batch_size for s in streams), None, first.matching_set, first.topk, **parts)
+        return cls(first.codec, sum(s.batch_size for s in streams), None, first.matching_set, first.topk, **taken)
+
+    def rows(self, index: list[int], parts: tuple[str, ...] = PARTS) -> "CodecStream":
+        """A session continuing the rows `index` of this one in the verbs whose `parts` it takes (a copy)."""
+        if "_encoder" in parts and self._pending is not None and self._pending.shape[1]:
+            raise InputError("cannot split a stream that holds part of a chunk; split it on chunk boundaries")
+        taken = {name: map_state(lambda t: t[index], getattr(self, name)) for name in parts}
+        return replace(self, batch_size=len(index), _pending=None, **{**dict.fromkeys(self.PARTS), **taken})
 
     def split(self) -> "list[CodecStream]":
         """One session per row, each continuing its row of this one (the inverse of `stack`)."""
-        if self._pending is not None and self._pending.shape[1]:
-            raise InputError("cannot split a stream that holds part of a chunk; split it on chunk boundaries")
-        parts = [{k: map_state(lambda t, b=b: t[b : b + 1], v) for k, v in vars(self).items()
-                  if k in ("_encoder", "_compressor", "_decompressor", "_decoder")} for b in range(self.batch_size)]
-        return [replace(self, batch_size=1, _pending=None, **p) for p in parts]
+        return [self.rows([b]) for b in range(self.batch_size)]
 
     def snapshot(self) -> "CodecStream":
         """An independent copy of this session (advance either without touching the other)."""

@@ -45,6 +45,17 @@ def from_dict(cls: type[C], values: dict[str, Any], source: object) -> C:
     return cls(**clean)
 
 
+def renamed(cls: type, values: dict[str, Any], source: object) -> dict[str, Any]:
+    """`values` with the older keys that `cls.LEGACY_KEYS` lists, at any depth, under their new names (with a
+    note), before overrides by the new names are applied to them; `from_dict` does the same."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = dict(_renamed(cls, values, source))
+    for name, value in out.items():
+        if dataclasses.is_dataclass(fields.get(name)) and isinstance(value, dict):
+            out[name] = renamed(fields[name], value, f"{source}: '{name}'")
+    return out
+
+
 def _renamed(cls: type, values: dict[str, Any], source: object) -> dict[str, Any]:
     legacy: dict[str, str | None] = getattr(cls, "LEGACY_KEYS", {})
     if not legacy.keys() & values.keys():

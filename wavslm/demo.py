@@ -4,13 +4,13 @@ For each prompt (a synthetic utterance in a voice the model never heard, and a r
 it writes into `OUT/<prompt>/`: `prompt.wav`, `continuation.wav` (written 80 ms at a time as it is
 generated), `prompt_continuation.wav`, a spectrogram image of each, and in `OUT/`: `report.json` and
 `report.md` (durations, real-time factor, time to first audio, DNSMOS, speaker similarity prompt vs
-continuation). Everything is written to `OUT.tmp` first and moved into place at the end.
+continuation). Everything is written to a hidden temporary folder beside `OUT` and moved into place at
+the end.
 """
 
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +19,8 @@ import torch
 
 from .audio import WavStreamWriter, load_audio, resample, save_audio
 from .errors import InputError
+from .generation import generate_steps, prompt_tokens
+from .io import write_folder
 from .pretrained import PROMPTS, load_lm
 
 log = logging.getLogger("wavslm.demo")
@@ -55,8 +57,6 @@ def spectrogram_png(path: Path, sig: np.ndarray, sample_rate: int, title: str) -
 def continue_prompt(lm, sig: torch.Tensor, sample_rate: int, out: Path, seconds: float, seed: int,
                     top_p: float, temp: float) -> dict:
     """Stream a continuation of `sig (1, N)` into `out/continuation.wav`; return its timings."""
-    from .generation import generate_steps, prompt_tokens
-
     rate, C = lm.codec.sample_rate_output, lm.toks_per_step
     steps = max(1, int(seconds * lm.codec.frame_rate) // C)
     start = time.perf_counter()
@@ -82,14 +82,11 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", model: str | None = None, 
              seed: int = 0, top_p: float = 0.8, temp: float = 0.9, device: str = "cpu") -> dict:
     from .eval.metrics import dnsmos, speaker_similarity
 
-    out = Path(out_dir)
-    tmp = out.with_name(f"{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     lm = load_lm(model, device)
     rate = lm.codec.sample_rate_output
     report = {"model": model or "bundled (wavslm/assets/tiny/lm)", "seed": seed, "top_p": top_p, "temp": temp,
               "sample_rate": rate, "prompts": {}}
-    try:
+    with write_folder(out_dir) as tmp:
         for name, (filename, what) in DEMO_PROMPTS.items():
             path = PROMPTS / filename
             if not path.is_file():
@@ -113,10 +110,6 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", model: str | None = None, 
             }
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(_markdown(report))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 

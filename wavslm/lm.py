@@ -8,20 +8,19 @@ token `t + toks_per_step`.
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import hub
+from .codec import Codec
 from .config import from_dict, to_dict
 from .errors import InputError
+from .generation import LiveSession, generate, stream
 from .modules.linear import Linear
 from .modules.transformer import TransformerEncoder, TransformerState
-
-if TYPE_CHECKING:
-    from .codec import Codec
 
 
 @dataclass
@@ -56,7 +55,7 @@ class WavSLMConfig:
 class WavSLM(nn.Module):
     """The language model, optionally holding its (frozen) codec as `self.codec`."""
 
-    def __init__(self, config: WavSLMConfig, codec: "Codec | None" = None):
+    def __init__(self, config: WavSLMConfig, codec: Codec | None = None):
         super().__init__()
         self.config = config
         self.encoder = TransformerEncoder(
@@ -77,7 +76,7 @@ class WavSLM(nn.Module):
         if codec is not None:
             self.attach_codec(codec)
 
-    def attach_codec(self, codec: "Codec") -> None:
+    def attach_codec(self, codec: Codec) -> None:
         """Use `codec` to turn tokens into features and back; it is frozen and never saved with the LM."""
         if codec.vocab_size != self.config.vocab_size:
             raise InputError(
@@ -106,7 +105,8 @@ class WavSLM(nn.Module):
         """`feats (B, T, D) -> logits (B, T, V)`, float32 whatever the weights' dtype."""
         return self.head(feats).float()
 
-    def _require_codec(self) -> "Codec":
+    def require_codec(self) -> Codec:
+        """The attached codec, or one sentence saying that there is none."""
         if self.codec is None:
             raise InputError("this language model has no codec attached; load it with WavSLM.from_pretrained")
         return self.codec
@@ -123,28 +123,22 @@ class WavSLM(nn.Module):
         C = self.toks_per_step
         if toks.ndim != 2 or toks.shape[1] <= C:
             raise InputError(f"score needs token sequences (B, T) longer than {C} tokens, got {tuple(toks.shape)}")
-        logits, _ = self(self._require_codec().dequantize(toks), use_cache=False)
+        logits, _ = self(self.require_codec().dequantize(toks), use_cache=False)
         return next_chunk_nll(logits, toks, C, reduction)
 
-    # ---- generation (loops live in generation.py) -------------------------------------------------
+    # ---- generation (the loops live in the generation package) -----------------------------------
 
     def generate(self, *args: Any, **kwargs: Any):
         """Continue a prompt; see `wavslm.generation.generate` for the arguments."""
-        from .generation import generate
-
         return generate(self, *args, **kwargs)
 
     def stream(self, *args: Any, **kwargs: Any):
         """Yield audio chunks as they are generated; see `wavslm.generation.stream`."""
-        from .generation import stream
-
         return stream(self, *args, **kwargs)
 
-    def live(self, batch_size: int = 1, **kwargs: Any):
+    def live(self, batch_size: int = 1, **kwargs: Any) -> LiveSession:
         """A session that reads prompt audio as it arrives and then continues it; see
         `wavslm.generation.LiveSession` (keywords: top_p, top_k, temp, seed)."""
-        from .generation import LiveSession
-
         return LiveSession(self, batch_size, **kwargs)
 
     # ---- loading and saving -----------------------------------------------------------------------
@@ -153,7 +147,7 @@ class WavSLM(nn.Module):
     def from_pretrained(
         cls,
         ref: str | os.PathLike,
-        codec: "Codec | str | os.PathLike | None" = None,
+        codec: Codec | str | os.PathLike | None = None,
         load_codec: bool = True,
     ) -> "WavSLM":
         """Load a released-layout LM and the codec its config names (or the `codec` given).
@@ -161,8 +155,6 @@ class WavSLM(nn.Module):
         `codec_config` is resolved relative to the model's folder first, then as a Hub id. Pass a
         loaded `Codec` to avoid any second lookup, or `load_codec=False` to work on features only.
         """
-        from .codec import Codec
-
         resolved = hub.resolve(ref)
         config = from_dict(WavSLMConfig, hub.read_json(resolved.config), f"config '{resolved.config}'")
         if resolved.weights is None:
@@ -224,9 +216,7 @@ class WavSLM(nn.Module):
         return hub.save_folder(folder, to_dict(self.config), state)
 
 
-def _load_codec(ref: "str | os.PathLike", model: hub.Resolved) -> "Codec":
-    from .codec import Codec
-
+def _load_codec(ref: "str | os.PathLike", model: hub.Resolved) -> Codec:
     local = (model.folder / ref) if not os.path.isabs(ref) else Path(ref)
     target = local if local.exists() or local.with_name(local.name + ".json").exists() else ref
     try:

@@ -16,18 +16,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
-from .config import from_dict, to_dict
+from .config import from_dict, renamed, to_dict
 from .errors import InputError
+from .io import write_atomic, write_folder, write_json
 from .pretrained import preset_path
 from .train.run import apply_overrides, read_yaml, train
 
 log = logging.getLogger("wavslm.recipe")
 
-# The codec's sub-stages in order; `finetune` is the decoder stage again, on the trained codec's own tokens.
-CODEC_STEPS = ("decoder", "posemb", "encoder", "quantizer", "joint", "finetune")
+# The codec's sub-stages in order, each run in RUN/codec_<sub-stage>; `finetune` is the decoder sub-stage
+# again, on the trained codec's own tokens.
+CODEC_SUBSTAGES = ("decoder", "posemb", "encoder", "quantizer", "joint", "finetune")
 
 
 @dataclass
@@ -55,8 +58,10 @@ class EvalConfig:
 
 @dataclass
 class RecipeConfig:
+    LEGACY_KEYS: ClassVar[dict[str, str | None]] = {"codec_steps": "codec_substages"}
+
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    codec_steps: dict[str, list[str]] = field(default_factory=dict)  # sub-stage -> `--set` overrides of `codec:`
+    codec_substages: dict[str, list[str]] = field(default_factory=dict)  # name -> `--set` overrides of `codec:`
     bench: BenchConfig = field(default_factory=BenchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -65,15 +70,18 @@ def resolve_recipe(preset: str, overrides: list[str]) -> tuple[RecipeConfig, dic
     """The recipe section and the stage sections, with `section.key=value` overrides applied."""
     path = preset_path(preset)
     values = read_yaml(path)
+    if isinstance(values.get("recipe"), dict):  # an older preset's keys by their current names, before overrides
+        values["recipe"] = renamed(RecipeConfig, values["recipe"], f"{path} section 'recipe'")
     for item in overrides:
         section, dot, rest = item.partition(".")
         if not dot or section not in ("recipe", "ssl", "codec", "lm"):
             raise InputError(f"--set {item!r}: start the key with its section: recipe., ssl., codec. or lm.")
         apply_overrides(values.setdefault(section, {}), [rest])
     recipe = from_dict(RecipeConfig, values.pop("recipe", {}), f"{path} section 'recipe'")
-    unknown = sorted(set(recipe.codec_steps) - set(CODEC_STEPS))
+    unknown = sorted(set(recipe.codec_substages) - set(CODEC_SUBSTAGES))
     if unknown:
-        raise InputError(f"{path}: recipe.codec_steps has unknown sub-stages {unknown}; expected {list(CODEC_STEPS)}")
+        raise InputError(f"{path}: recipe.codec_substages has unknown sub-stages {unknown}; expected "
+                         f"{list(CODEC_SUBSTAGES)}")
     return recipe, values
 
 
@@ -96,7 +104,7 @@ class Recipe:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         stages = [("corpus", self.make_corpus), ("ssl", self.train_ssl)]
-        stages += [(f"codec_{step}", lambda s=step: self.train_codec(s)) for step in CODEC_STEPS]
+        stages += [(f"codec_{name}", lambda s=name: self.train_codec(s)) for name in CODEC_SUBSTAGES]
         stages += [("tokenize", self.tokenize), ("lm", self.train_lm)]
         if self.synthetic:
             stages += [("bench", self.make_bench)]
@@ -115,16 +123,14 @@ class Recipe:
         start = time.perf_counter()
         func()
         self.timings[name] = time.perf_counter() - start
-        done.parent.mkdir(exist_ok=True)
-        done.write_text(json.dumps({"seconds": self.timings[name]}))
+        write_json(done, {"seconds": self.timings[name]})
         print(f"recipe: {name} done in {self.timings[name]:.0f} s", flush=True)
 
     def _train(self, stage: str, folder: Path, overrides: list[str]) -> None:
         # A stage killed mid-training resumes from its checkpoint; the settings are re-applied as given.
         resume = (folder / "checkpoints" / "last.pt").is_file()
         config = self.run_dir / "presets" / f"{stage}.yaml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump({stage: self.sections.get(stage, {})}))
+        write_atomic(config, yaml.safe_dump({stage: self.sections.get(stage, {})}))
         train(stage, folder, None if resume else config, overrides, resume=resume, device=self.device)
 
     def make_corpus(self) -> None:
@@ -144,29 +150,31 @@ class Recipe:
     def train_ssl(self) -> None:
         self._train("ssl", self.run_dir / "ssl", self._data())
 
-    def train_codec(self, step: str) -> None:
-        index = CODEC_STEPS.index(step)
-        chain = [f"init_from={self.run_dir / f'codec_{CODEC_STEPS[index - 1]}' / 'export'}"] if index else []
-        kind = ["step=decoder", "decoder_input=codec"] if step == "finetune" else [f"step={step}"]
+    def train_codec(self, substage: str) -> None:
+        index = CODEC_SUBSTAGES.index(substage)
+        folder = self.run_dir / f"codec_{substage}"
+        chain = []
+        if index:  # each sub-stage starts from the previous one's export
+            chain = [f"init_from={self.run_dir / f'codec_{CODEC_SUBSTAGES[index - 1]}' / 'export'}"]
+        kind = [f"substage={substage}"] if substage != "finetune" else ["substage=decoder", "decoder_input=codec"]
         overrides = [*kind, f"teacher={self.run_dir / 'ssl' / 'export'}", *self._data(), *chain,
-                     *self.recipe.codec_steps.get(step, [])]
-        self._train("codec", self.run_dir / f"codec_{step}", overrides)
+                     *self.recipe.codec_substages.get(substage, [])]
+        self._train("codec", folder, overrides)
         if self.recipe.eval.stage_files:
             from .eval.recipe_eval import held_out_files, stage_scores
-            from .train.codec_stage import CodecStageConfig
+            from .train.codec import CodecStageConfig
 
             layers = self.sections.get("codec", {}).get("teacher_layers", CodecStageConfig.teacher_layers)
             files = held_out_files(self.corpus / "test.jsonl", self.recipe.eval.stage_files)
-            scores = stage_scores("joint" if step == "finetune" else step,
-                                  self.run_dir / f"codec_{step}" / "export" / "codec", self.run_dir / "ssl" / "export",
-                                  layers, files)
-            _write_json(self.run_dir / f"codec_{step}" / "scores.json", {**scores, "files": len(files)})
-            print(f"recipe: codec {step}: STOI {scores['stoi']:.3f}, VDE {_fmt(scores['vde'])}, GPE "
+            scores = stage_scores("joint" if substage == "finetune" else substage, folder / "export" / "codec",
+                                  self.run_dir / "ssl" / "export", layers, files)
+            write_json(folder / "scores.json", {**scores, "files": len(files)})
+            print(f"recipe: codec {substage}: STOI {scores['stoi']:.3f}, VDE {_fmt(scores['vde'])}, GPE "
                   f"{_fmt(scores['gpe'])} on {len(files)} held-out utterances", flush=True)
 
     @property
     def codec_dir(self) -> Path:
-        return self.run_dir / f"codec_{CODEC_STEPS[-1]}" / "export" / "codec"
+        return self.run_dir / f"codec_{CODEC_SUBSTAGES[-1]}" / "export" / "codec"
 
     def tokenize(self) -> None:
         from .codec import Codec
@@ -194,7 +202,7 @@ class Recipe:
 
         results = evaluate_run(self.run_dir / "lm" / "export" / "lm", self.corpus / "test.jsonl",
                                self.run_dir / "bench" if self.synthetic else None, self.recipe.eval)
-        _write_json(self.run_dir / "eval.json", results)
+        write_json(self.run_dir / "eval.json", results)
 
     def compare(self, lm_dir: str | os.PathLike) -> dict:
         """Evaluate another model (the one this run is to replace) on this run's held-out data and suite, the
@@ -203,7 +211,7 @@ class Recipe:
 
         results = evaluate_run(Path(lm_dir), self.corpus / "test.jsonl",
                                self.run_dir / "bench" if self.synthetic else None, self.recipe.eval)
-        _write_json(self.run_dir / "compare.json", results)
+        write_json(self.run_dir / "compare.json", results)
         return results
 
     # ---- bookkeeping ------------------------------------------------------------------------------
@@ -213,15 +221,16 @@ class Recipe:
         if self.config.is_file() and yaml.safe_load(self.config.read_text()) != resolved:
             log.warning("recipe: the settings differ from the ones this run started with (%s); stages already "
                         "done are kept", self.config)
-        self.config.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_atomic(self.config, yaml.safe_dump(resolved, sort_keys=False))
 
     def report(self) -> dict:
         evaluation = json.loads((self.run_dir / "eval.json").read_text())
-        by_stage = {step: {k: v for k, v in json.loads(path.read_text()).items() if k != "files"}
-                    for step in CODEC_STEPS if (path := self.run_dir / f"codec_{step}" / "scores.json").is_file()}
+        by_stage = {substage: {k: v for k, v in json.loads(path.read_text()).items() if k != "files"}
+                    for substage in CODEC_SUBSTAGES
+                    if (path := self.run_dir / f"codec_{substage}" / "scores.json").is_file()}
         report = {"run_dir": str(self.run_dir), "seconds": self.timings,
                   "total_seconds": sum(self.timings.values()), "codec_by_stage": by_stage, "eval": evaluation}
-        _write_json(self.run_dir / "report.json", report)
+        write_json(self.run_dir / "report.json", report)
         return report
 
 
@@ -247,13 +256,11 @@ def bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, command: str)
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     report = json.loads((run_dir / "report.json").read_text())
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run_dir / "lm" / "export", tmp)  # lm/ (codec_config "../codec") and codec/
-    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (tmp / "README.md").write_text(model_card(report, run_dir, tmp, command))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with write_folder(out_dir) as tmp:
+        # lm/ (codec_config "../codec") and codec/
+        shutil.copytree(run_dir / "lm" / "export", tmp, dirs_exist_ok=True)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(report, run_dir, tmp, command))
     return out_dir
 
 
@@ -364,9 +371,3 @@ def _before_after(before: dict, after: dict) -> list[str]:
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _write_json(path: Path, values: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(values, indent=2))
-    os.replace(tmp, path)

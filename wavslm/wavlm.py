@@ -51,6 +51,27 @@ class WavLMConfig:
         return hop
 
 
+def num_frames(num_samples: int | Tensor, config: WavLMConfig | None = None) -> int | Tensor:
+    """Frames the conv front end of `config` makes from `num_samples` input samples (an int, or lengths `(B,)`).
+
+    `config` None: WavLM's own front end, bidirectional. Layer by layer, a causal conv pads `kernel - 1`
+    samples on the left and gives `ceil(n / stride)` frames; a bidirectional one does not pad and gives
+    `(n - kernel) // stride + 1`, at least 1 (`ConvBlock` zero-pads a shorter input to one kernel). For
+    WavLM's front end, bidirectional, that is `max(1, (N - 400) // 320 + 1)`: frame t sees samples
+    `[320 t, 320 t + 400)`.
+    """
+    config = WavLMConfig() if config is None else config
+    n = num_samples
+    for k, s in zip(config.kernel_sizes, config.strides, strict=True):
+        if config.causal:
+            n = (n + s - 1) // s
+        elif isinstance(n, Tensor):
+            n = (n - k).clamp(min=0) // s + 1
+        else:
+            n = max(n - k, 0) // s + 1
+    return n
+
+
 class ConvBlock(nn.Module):
     """Strided conv -> dropout -> LayerNorm over channels -> GELU, on `(B, N, C)`.
 

@@ -4,7 +4,8 @@
                                                     \\--AudioSegments--> codec / SSL batches
 """
 
-from .manifest import AUDIO_EXTENSIONS, ManifestSummary, build_manifest, find_audio, read_manifest
+from ..io import AUDIO_EXTENSIONS, find_audio
+from .manifest import ManifestSummary, build_manifest, read_manifest
 from .segments import AudioSegments, collate_segments, stable_randint
 from .shards import ShardWriter, TokenCrops, TokenShards, collate_tokens, merge_shards, token_dtype
 from .tokenize import TokenizeSummary, encode_long, merge_parts, tokenize_manifest

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,26 +20,10 @@ import soundfile as sf
 from tqdm import tqdm
 
 from ..errors import InputError
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+from ..io import AUDIO_EXTENSIONS, find_audio, write_atomic
 
 # How many unreadable files the summary names (all of them are counted).
 _MAX_NAMED = 10
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -64,20 +47,6 @@ class ManifestSummary:
             more = ", ..." if self.num_unreadable > len(self.unreadable) else ""
             text += f"\n{self.num_unreadable} unreadable files skipped: {names}{more}"
         return text
-
-
-def find_audio(audio_dir: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:
-    """Every file under `audio_dir` whose suffix is one of `extensions` (any case), sorted by relative path."""
-    root = Path(audio_dir)
-    if not root.is_dir():
-        raise InputError(f"audio folder '{audio_dir}' does not exist or is not a folder")
-    exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        found.extend(Path(folder, name) for name in files if name.lower().endswith(exts))
-    # Sort on the parts, not the string, so "a/b.wav" and "a-b.wav" order the same on every OS.
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
 def _probe(path: Path) -> tuple[float, int] | str:
@@ -116,7 +85,7 @@ def build_manifest(
 
     Unreadable files (corrupt, empty, not audio) are skipped and reported in the summary.
     """
-    files = find_audio(audio_dir, extensions)
+    files = find_audio(audio_dir, extensions=extensions, allow_empty=True)
     out = Path(output)
     summary = ManifestSummary(output=out)
     lines = []

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from .manifest import write_atomic
+from ..io import write_atomic, write_file, write_json, write_npy
 from .segments import stable_randint
 
 FORMAT, VERSION = "wavslm.token_shards", 1
@@ -152,7 +152,7 @@ class ShardWriter:
 
     def _write_meta(self) -> None:
         self.meta.update(num_utterances=len(self.entries), num_tokens=self.num_tokens)
-        write_atomic(self.folder / META, json.dumps(self.meta, indent=2) + "\n")
+        write_json(self.folder / META, self.meta)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -189,7 +189,7 @@ class ShardWriter:
             f.close()
         offsets = np.zeros(len(self.entries) + 1, dtype=np.int64)
         np.cumsum([e["num_tokens"] for e in self.entries], out=offsets[1:])
-        _save_npy(self.folder / OFFSETS, offsets)
+        write_npy(self.folder / OFFSETS, offsets)
         self._write_meta()
 
     def __enter__(self) -> ShardWriter:
@@ -197,14 +197,6 @@ class ShardWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array)
-    write_atomic(path, buf.getvalue())
 
 
 class TokenShards:
@@ -317,29 +309,27 @@ def merge_shards(parts: list[str | os.PathLike], output: str | os.PathLike, extr
     out.mkdir(parents=True, exist_ok=True)
     # Without meta.json a half-merged folder reads as "not a shard folder" rather than as stale data.
     (out / META).unlink(missing_ok=True)
-    tmp = {name: out / f".{name}.merge.tmp" for name in (TOKENS, OFFSETS, INDEX)}
     offsets = np.zeros(len(order) + 1, dtype=np.int64)
-    try:
-        with open(tmp[TOKENS], "wb") as ft, open(tmp[INDEX], "wb") as fi:
+
+    def write_tokens(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             for n, (p, i) in enumerate(order):
                 s = shards[p]
-                ft.write(s.tokens[s.offsets[i] : s.offsets[i + 1]].tobytes())
-                fi.write((json.dumps(s.entry(i)) + "\n").encode())
+                f.write(s.tokens[s.offsets[i] : s.offsets[i + 1]].tobytes())
                 offsets[n + 1] = offsets[n] + s.lengths[i]
-            for f in (ft, fi):
-                f.flush()
-                os.fsync(f.fileno())
-        with open(tmp[OFFSETS], "wb") as f:
-            np.save(f, offsets)
-        for name in (TOKENS, OFFSETS, INDEX):
-            os.replace(tmp[name], out / name)
-    finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
+
+    def write_index(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            for p, i in order:
+                f.write((json.dumps(shards[p].entry(i)) + "\n").encode())
+
+    write_file(out / TOKENS, write_tokens)
+    write_file(out / INDEX, write_index)
+    write_npy(out / OFFSETS, offsets)
     drop = ("num_utterances", "num_tokens", "rank", "world_size")
     meta = {k: v for k, v in first.items() if k not in drop}
     meta.update(extra or {}, num_utterances=len(order), num_tokens=int(offsets[-1]))
-    write_atomic(out / META, json.dumps(meta, indent=2) + "\n")
+    write_json(out / META, meta)
     return TokenShards(out)
 
 

@@ -22,8 +22,6 @@ import json
 import math
 import os
 import random
-import secrets
-import shutil
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -36,9 +34,9 @@ from tqdm import tqdm
 
 from ..audio import save_audio
 from ..errors import InputError
+from ..io import write_atomic, write_folder, write_json
 from . import espeak, lexicon
 from .espeak import SAMPLE_RATE, Voice
-from .manifest import write_atomic
 
 # Variants that sound like a person (the others are robots, whispers, croaks or effects).
 HUMAN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt3",
@@ -135,28 +133,6 @@ def _in_order(jobs, workers: int):
                 future.cancel()
 
 
-def prepare_output(out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Check that `out_dir` is absent or empty; return it and a fresh hidden temporary folder beside it."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"output folder '{out_dir}' already exists and is not an empty folder; choose a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    return out, tmp
-
-
-def commit_output(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder to `out` in one rename (an empty `out` is replaced)."""
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
 def make_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, workers: int = 1,
                 progress: bool = True) -> dict:
     """Write a synthetic corpus of about `hours` hours of speech to `out_dir`; return its summary.
@@ -173,8 +149,7 @@ def make_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, workers
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     start = time.perf_counter()
-    out, tmp = prepare_output(out_dir)
-    try:
+    with write_folder(out_dir, overwrite=False) as tmp:
         train, test = voice_inventory(seed)
         rows: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
         seconds: dict[str, float] = dict.fromkeys(rows, 0.0)
@@ -199,7 +174,7 @@ def make_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, workers
         for split, lines in rows.items():
             write_atomic(tmp / f"{split}.jsonl", "".join(lines))
         test_names = {v.name for v in test}
-        _write_json(tmp / "voices.json", {
+        write_json(tmp / "voices.json", {
             "seed": seed, "sample_rate": SAMPLE_RATE,
             "splits": {"train": [v.name for v in train], "test": sorted(test_names)},
             "voices": [dict(asdict(v), split="test" if v.name in test_names else "train") for v in train + test],
@@ -212,11 +187,7 @@ def make_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, workers
             "lexicon_words": len(lexicon.content_words()), "sample_rate": SAMPLE_RATE, "workers": workers,
             "generation_seconds": round(time.perf_counter() - start, 2),
         }
-        _write_json(tmp / "corpus.json", summary)
-        commit_output(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / "corpus.json", summary)
     return summary
 
 

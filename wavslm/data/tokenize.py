@@ -25,7 +25,8 @@ from tqdm import tqdm
 from ..audio import load_audio
 from ..codec import Codec
 from ..errors import InputError
-from .manifest import as_entries, write_atomic
+from ..io import write_atomic, write_json
+from .manifest import as_entries
 from .shards import ShardWriter, TokenShards, merge_shards
 
 DONE, SKIPPED = "done.json", "skipped.jsonl"
@@ -152,8 +153,8 @@ def tokenize_manifest(
                 summary.audio_seconds += sig.shape[1] / codec.sample_rate_input
                 bar.update()
     skipped = [{"path": p, "reason": r} for p, r in summary.skipped]
-    write_atomic(part / DONE, json.dumps({"rank": rank, "world_size": world_size, "assigned": len(items),
-                                          "written": len(writer), "skipped": skipped}, indent=2) + "\n")
+    write_json(part / DONE, {"rank": rank, "world_size": world_size, "assigned": len(items),
+                             "written": len(writer), "skipped": skipped})
     if merge and rank == 0 and all((part_dir(output_dir, r) / DONE).exists() for r in range(world_size)):
         merge_parts(output_dir, world_size)
         summary.merged = Path(output_dir)

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,27 +33,12 @@ from tqdm import tqdm
 
 from ..audio import load_audio, resample
 from ..errors import InputError
+from ..io import find_audio, write_json
 from ..pitch import GROSS_ERROR, PYIN_SETTINGS
 from ..pretrained import BUNDLED_CODEC, load_codec
 from . import metrics
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-
-
 # ---- shared helpers (also used by generation_eval) ----------------------------------------------------
-
-def find_audio(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """The .wav/.flac/.ogg files under `folder` (recursive, sorted), at most `limit` of them."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise InputError(f"data folder '{folder}' does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise InputError(f"no .wav/.flac/.ogg files under '{folder}'")
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be at least 1, got {limit}")
-    return files[:limit]
-
 
 def jsonable(value):
     """Numbers as plain floats, NaN/Inf as None (JSON has neither), recursively."""
@@ -69,18 +53,6 @@ def jsonable(value):
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def write_json(path: str | os.PathLike, results: dict) -> None:
-    """Write `results` to `path` atomically: a temporary file in the same folder, then `os.replace`."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def means(records: list[dict], skip: Sequence[str] = ()) -> dict[str, float | None]:
@@ -251,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.output is None:
         print(json.dumps(jsonable(results), indent=2))
     else:
-        write_json(args.output, results)
+        write_json(args.output, jsonable(results))
         m = results["mean"]
         print(f"{args.output}: {results['num_files']} files; PESQ {m['pesq']:.2f}, STOI {m['stoi']:.3f}, "
               f"mel {m['mel_distance']:.3f}, VDE {_fmt(m['vde'])}, GPE {_fmt(m['gpe'])}, DNSMOS {m['dnsmos_ovrl']:.2f}, speaker sim {m['speaker_similarity']:.3f}, "

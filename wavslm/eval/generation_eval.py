@@ -33,9 +33,10 @@ from tqdm import tqdm
 
 from ..audio import load_audio, resample, save_audio
 from ..errors import InputError
+from ..io import find_audio, write_json
 from ..pretrained import BUNDLED_LM, load_lm
 from . import metrics
-from .codec_eval import find_audio, jsonable, means, write_json
+from .codec_eval import jsonable, means
 
 INTELLIGIBILITY = (
     "no reference text: asr_words_per_second is the number of words pocketsphinx recognises per second of "
@@ -85,7 +86,7 @@ def evaluate_generation(
         raise InputError("no prompt files to continue")
     if prompt_seconds <= 0 or seconds <= 0 or num < 1:
         raise InputError("prompt seconds and continuation seconds must be positive, and num at least 1")
-    codec = lm._require_codec()
+    codec = lm.require_codec()
     rate_out, sr = codec.sample_rate_output, metrics.RATE
     records, all_toks = [], []
     bar = tqdm(total=len(files) * num, desc="eval generation", unit="sample", leave=False,
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.output is None:
         print(json.dumps(jsonable(results), indent=2))
     else:
-        write_json(args.output, results)
+        write_json(args.output, jsonable(results))
         m = results["mean"]
         conf = "n/a" if m["asr_confidence"] is None else f"{m['asr_confidence']:.2f}"
         print(f"{args.output}: {results['num_continuations']} continuations; DNSMOS {m['dnsmos_ovrl']:.2f}, "

@@ -37,9 +37,9 @@ import torch
 
 from ..audio import check_signal, load_audio, resample
 from ..errors import InputError
+from ..io import find_audio
 
 TASKS = ("swuggy", "sblimp", "salmon", "storycloze")
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
 @dataclass(frozen=True)
@@ -191,9 +191,9 @@ def load_storycloze(data: Path) -> list[Pair]:
     if files:
         return [pair for file in files for pair in _parquet_pairs(file, data)]
     stories: dict[tuple[str, str], dict[bool, Path]] = defaultdict(dict)
-    for path in sorted(data.rglob("*")):
+    for path in find_audio(data, allow_empty=True):
         match = _STORY.fullmatch(path.stem)
-        if path.suffix.lower() not in AUDIO_EXTENSIONS or match is None:
+        if match is None:
             continue
         key, positive = (_subset(path.parent, data), match[1]), match[2].lower() in ("correct", "positive")
         if positive in stories[key]:

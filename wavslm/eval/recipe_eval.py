@@ -37,31 +37,33 @@ def held_out_files(manifest: str | Path, count: int) -> list[Path]:
 STAGE_METRICS = ("stoi", "vde", "gpe", "f0_rmse_cents")
 
 
-def stage_scores(step: str, codec_ref: str | Path, teacher_ref: str | Path, teacher_layers: int,
+def stage_scores(substage: str, codec_ref: str | Path, teacher_ref: str | Path, teacher_layers: int,
                  files: list[Path]) -> dict[str, float | None]:
     """Mean STOI, voicing decision error, gross pitch error and F0 RMSE (cents) of `files` resynthesised along
-    the path codec sub-stage `step` trained, so a run shows where intelligibility and pitch are lost: decoder:
-    the teacher's features -> decoder (the codec's ceiling); posemb/encoder: the causal encoder's features ->
-    decoder; quantizer: tokens -> decompressor without its refiner -> decoder; joint (and the decoder's
-    fine-tune after it): the whole codec. A pitch error is averaged over the files where it is defined."""
+    the path codec sub-stage `substage` trained, so a run shows where intelligibility and pitch are lost:
+    decoder: the teacher's features -> decoder (the codec's ceiling); posemb/encoder: the causal encoder's
+    features -> decoder; quantizer: tokens -> decompressor without its refiner -> decoder; joint (and the
+    decoder's fine-tune after it): the whole codec. A pitch error is averaged over the files where it is
+    defined."""
     import torch
 
     from ..audio import load_audio, resample
     from ..codec import Codec
-    from ..train.codec_steps import load_teacher, without_refiner
+    from ..train.codec.quantized import without_refiner
+    from ..train.codec.teacher import load_teacher
     from . import metrics
 
     codec = Codec.from_pretrained(codec_ref).eval()
-    teacher = load_teacher(str(teacher_ref), teacher_layers) if step == "decoder" else None
+    teacher = load_teacher(str(teacher_ref), teacher_layers) if substage == "decoder" else None
     scores: dict[str, list[float]] = {k: [] for k in STAGE_METRICS}
     for path in files:
         sig, _ = load_audio(path, sample_rate=codec.sample_rate_input, mono=True)
         with torch.inference_mode():
-            if step == "decoder":
+            if substage == "decoder":
                 out = codec.decoder(teacher(sig)[0])[0]
-            elif step in ("posemb", "encoder"):
+            elif substage in ("posemb", "encoder"):
                 out = codec.decoder(codec.encoder(sig)[0])[0]
-            elif step == "quantizer":
+            elif substage == "quantizer":
                 qfeats = without_refiner(codec.decompressor)(codec.quantizer.toks_to_codes(codec.encode(sig)))[0]
                 out = codec.decoder(qfeats)[0]
             else:

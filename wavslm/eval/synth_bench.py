@@ -22,10 +22,8 @@ import argparse
 import csv
 import io
 import itertools
-import json
 import os
 import random
-import shutil
 import time
 import zlib
 from collections import Counter
@@ -37,9 +35,9 @@ from ..audio import save_audio
 from ..data import espeak, lexicon
 from ..data.espeak import SAMPLE_RATE, Voice
 from ..data.lexicon import DETERMINERS, Token, text, with_word
-from ..data.manifest import write_atomic
-from ..data.synth import commit_output, prepare_output, voice_inventory
+from ..data.synth import voice_inventory
 from ..errors import InputError
+from ..io import write_atomic, write_folder, write_json
 
 VOWELS = ("a", "e", "i", "o", "u", "ee", "oo", "ai", "ea", "oa", "ou", "ie")
 CONSONANTS = "bdfgklmnprstvz"  # single letters that read the same anywhere in a word
@@ -259,8 +257,7 @@ def make_bench(out_dir: str | os.PathLike, seed: int = 0, pairs: int = 100) -> d
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
         raise InputError(f"--pairs must be a whole number of at least 1, got {pairs!r}")
     start = time.perf_counter()
-    out, tmp = prepare_output(out_dir)
-    try:
+    with write_folder(out_dir, overwrite=False) as tmp:
         _, test = voice_inventory(seed)
         rng = random.Random(f"bench-{seed}")
         summary = {
@@ -271,11 +268,7 @@ def make_bench(out_dir: str | os.PathLike, seed: int = 0, pairs: int = 100) -> d
             "salmon_speaker_consistency": _salmon(tmp, pairs, test, rng),
         }
         summary["generation_seconds"] = round(time.perf_counter() - start, 2)
-        write_atomic(tmp / "bench.json", json.dumps(summary, indent=2) + "\n")
-        commit_output(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / "bench.json", summary)
     return summary
 
 

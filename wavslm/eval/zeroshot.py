@@ -13,9 +13,7 @@ attention is bidirectional inside each aligned 4-token chunk.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +25,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..io import write_json
 from ..pretrained import load_lm
 from .loaders import TASKS, Clip, ClipReader, Pair, load_pairs
 
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 
 def encode_clips(lm: WavSLM, clips: Sequence[Clip]) -> list[Tensor]:
     """Tokens `(T,)` of each clip (mono, at the codec's input rate); each must give more than one chunk."""
-    codec, C = lm._require_codec(), lm.toks_per_step
+    codec, C = lm.require_codec(), lm.toks_per_step
     read = ClipReader(codec.sample_rate_input)
     rows = []
     for clip in tqdm(clips, desc="encode", unit="clip", disable=None, leave=False):
@@ -252,14 +251,3 @@ def _range(ci95: list[float] | None) -> str:
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def write_json(path: Path, results: dict[str, Any]) -> None:
-    """Write `results` to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .linear import Linear
+from .tuning import ATTENTION_QUERIES
 
 
 def relative_position_bucket(rel: Tensor, num_buckets: int, max_distance: int) -> Tensor:
@@ -106,15 +107,26 @@ class KVCache:
         self.length += T
         return self.k[:, :, drop : self.length], self.v[:, :, drop : self.length]
 
+    def rows(self, index: Tensor | list[int]) -> "KVCache":
+        """A copy holding only the rows `index` (same slots, same positions)."""
+        return KVCache(self.k[index].clone(), self.v[index].clone(), self.start, self.length)
+
+    def last(self, count: int, row: int) -> tuple[Tensor, Tensor]:
+        """Views `(H, count, Dh)` of row `row`'s last `count` stored keys and values."""
+        return self.k[row, :, self.length - count : self.length], self.v[row, :, self.length - count : self.length]
+
+    def place(self, row: int, k: Tensor, v: Tensor) -> None:
+        """Write `(H, n, Dh)` keys and values as row `row`'s last `n` stored ones (the slots before stay as
+        they are: masked by the caller)."""
+        n = k.shape[1]
+        self.k[row, :, self.length - n : self.length] = k
+        self.v[row, :, self.length - n : self.length] = v
+
 
 def _grow(buf: Tensor, size: int) -> Tensor:
     new = buf.new_zeros(buf.shape[:2] + (size,) + buf.shape[3:])
     new[:, :, : buf.shape[2]] = buf
     return new
-
-
-# Queries per call up to which attention runs as two matmuls and a softmax (see `MultiHeadAttention`).
-_FEW_QUERIES = 16
 
 
 class MultiHeadAttention(nn.Module):
@@ -165,8 +177,8 @@ class MultiHeadAttention(nn.Module):
         attn_bias = self.gate(x) * bias
         if mask is not None:
             attn_bias = attn_bias.masked_fill(~mask, float("-inf"))
-        if T <= _FEW_QUERIES and not self.training:
-            # A streaming step: plain matmuls beat the fused CPU kernel for a handful of queries.
+        if not self.training and ATTENTION_QUERIES.admits(T, x):
+            # A streaming step on a CPU: plain matmuls beat the fused kernel for a handful of queries.
             weights = (q @ k.transpose(-1, -2)).mul_(self.head_dim**-0.5).add_(attn_bias).softmax(dim=-1)
             out = weights.to(v.dtype) @ v
         else:

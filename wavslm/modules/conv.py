@@ -10,7 +10,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .linear import FEW_ROWS, linear
+from .linear import linear
+from .tuning import CONV_FRAMES
 
 PadMode = Literal["zeros", "replicate"]
 
@@ -91,9 +92,10 @@ class StreamingConv1d(nn.Conv1d):
             return x.new_zeros(x.shape[0], self.out_channels, 0), state
         full, state = with_left_context(x, state, self.context_size, self.pad_mode)
         as_linear = self.linear_weight()
-        if as_linear is None or (self.packed is None and x.shape[0] * x.shape[-1] > FEW_ROWS):
+        if as_linear is None or (self.packed is None and not CONV_FRAMES.admits(x.shape[0] * x.shape[-1], x)):
             return super().forward(full), state
-        # Few frames (a streaming step): each output is one window times the flattened weight.
+        # Few frames on a CPU (a streaming step), or a packed form: each output is one window times the
+        # flattened weight.
         windows = full.unfold(2, self.kernel_size[0], 1).transpose(1, 2).flatten(2)  # (B, T, C_in * K)
         y = linear(windows, *as_linear) if self.packed is None else self.packed(windows)
         return y.transpose(1, 2), state

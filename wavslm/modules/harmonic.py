@@ -214,6 +214,29 @@ class HarmonicNoise(nn.Module):
         unvoiced = _ramped(table.reshape(batch, frames, hop, -1), noise, last[:, 1 + K :])
         return (voiced + unvoiced).flatten(1), (packed[:, -1], phase_n[:, -1], position + frames * hop)
 
+    @torch.no_grad()
+    def advance(self, qfeats: Tensor, state: HarmonicNoiseState | None = None) -> HarmonicNoiseState | None:
+        """The state `forward` would leave after `qfeats`, without rendering its samples (a prompt read before
+        a continuation): the oscillator's phase moves by the sum of the F0 ramps, taken in closed form."""
+        if not self.causal:
+            raise ValueError("only a causal decoder streams")
+        if qfeats.shape[1] == 0:
+            return state
+        (f0, voicing, harmonics, noise), backbone = self.controls(qfeats, state)
+        packed = torch.cat([f0[..., None], voicing[..., None] * harmonics, noise], dim=-1)
+        batch, frames = f0.shape
+        if state is None:
+            last, position = packed[:, 0], torch.zeros(batch, dtype=torch.long, device=f0.device)
+            phase = torch.zeros(batch, dtype=torch.float64, device=f0.device)
+        else:
+            last, phase, position = state.last, state.phase, state.position
+        hop = self.hop_length
+        prev_f0 = torch.cat([last[:, :1], f0[:, :-1]], dim=1).double()
+        # The hop samples of a frame ramp from the previous F0 to this one: sum_j prev + j/hop * (f0 - prev).
+        cycles = (hop * prev_f0 + (hop + 1) / 2 * (f0.double() - prev_f0)).sum(1)
+        phase = torch.remainder(phase + (2 * math.pi / self.sample_rate) * cycles, 2 * math.pi)
+        return HarmonicNoiseState(backbone, packed[:, -1], phase, position + frames * hop)
+
     def forward(self, qfeats: Tensor, state: HarmonicNoiseState | None = None, with_controls: bool = False):
         """`(sig, state)`, or `(sig, state, controls)` with `with_controls` (training supervises F0 and voicing
         through the module's own call, so that a DDP wrapper sees it)."""

@@ -3,8 +3,9 @@
 A generation step multiplies 4 frames (16 at batch 4) by every weight matrix once, so on a CPU its time
 is the time to stream the weights through the cores. For such skinny inputs MKL's float32 `x @ W^T`
 runs well below the memory bandwidth; the same dot products as `W @ x^T` ran 1.2-1.9x faster on this
-project's 2-core machine (1024x4096 weights, 4-32 rows), so `linear` takes that path for at most
-`FEW_ROWS` rows. Float32 results differ from `F.linear` only by summation order (~1e-6).
+project's 2-core machine (1024x4096 weights, 4-32 rows), so `linear` takes that path for CPU tensors of
+at most `tuning.LINEAR_ROWS` rows, and `F.linear` on any other device. Float32 results differ from
+`F.linear` only by summation order (~1e-6).
 
 For inference, `optimize_for_inference` swaps these maps for packed forms: `PackedLinear` (float32
 in oneDNN's layout: the same sums, read faster) or `Int8Linear` (int8 weights, symmetric per output
@@ -19,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FEW_ROWS = 32
+from .tuning import LINEAR_ROWS
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`F.linear(x (..., in), weight (out, in), bias) -> (..., out)`; few float32 rows as `W @ x^T`."""
+    """`F.linear(x (..., in), weight (out, in), bias) -> (..., out)`; few float32 rows on a CPU as `W @ x^T`."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if rows > FEW_ROWS or rows == 0 or x.dtype != torch.float32 or weight.dtype != torch.float32 or (
+    if rows == 0 or not LINEAR_ROWS.admits(rows, x) or x.dtype != torch.float32 or weight.dtype != torch.float32 or (
         torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     ):  # training keeps PyTorch's own path
         return F.linear(x, weight, bias)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import FeedForward, KVCache, MultiHeadAttention, chunk_mask, position_bias
+from .tuning import POSITIONAL_CONV_ROWS
 
 
 class TransformerLayer(nn.Module):
@@ -37,12 +38,6 @@ class ConvPosState:
     """Last `kernel_size - 1` input frames `(B, K - 1, D)` of the causal positional convolution."""
 
     context: Tensor
-
-
-# Streaming steps (4 frames) through the paper-size positional convolution (1024 channels, 16 groups,
-# kernel 128): oneDNN's grouped convolution took 18-21 ms a step on this project's 2-core machine, the
-# same sums as one batched matmul 1-2 ms. From about 64 output rows on, the convolution is faster.
-_FEW_ROWS = 32
 
 
 def _grouped_conv_as_matmul(x: Tensor, conv: nn.Conv1d) -> Tensor:
@@ -85,7 +80,8 @@ class ConvPositionalEmbedding(nn.Module):
             left = x[:, :, :1].expand(-1, -1, K - 1) if state is None else state.context.transpose(1, 2)
             x = torch.cat([left, x], dim=-1)
             state = ConvPosState(x[:, :, x.shape[-1] - (K - 1) :].transpose(1, 2))
-            few = x.shape[0] * (x.shape[-1] - K + 1) <= _FEW_ROWS
+            # A streaming step on a CPU: the same sums as one matmul per group, far faster than oneDNN's.
+            few = POSITIONAL_CONV_ROWS.admits(x.shape[0] * (x.shape[-1] - K + 1), x)
             y = _grouped_conv_as_matmul(x, self.conv) if few else self.conv(x)
         else:
             y = self.conv(F.pad(x, (K // 2, K // 2)))
@@ -96,15 +92,86 @@ class ConvPositionalEmbedding(nn.Module):
 
 @dataclass
 class TransformerState:
-    """Streaming state of a causal stack: frames seen so far, per-layer caches, conv context.
+    """Streaming state of a causal stack: the position of the next frame, per-layer caches, conv context.
 
-    `valid_from (B,)`: for left-padded batches, the first real position of each row (None: no padding).
+    `valid_from (B,)`: the first key position each row may attend (left padding, or rows lined up from
+    different positions by `align`); None: every stored key. `row_pos (B,)`: each row's own position when
+    the rows stand at different ones; None: every row is at `pos`. A lined-up batch shares one grid of
+    positions in which each row's keys end at `pos`: the grid keeps each row's chunk boundaries and the
+    distances between its queries and keys, which is all the stack sees of positions (relative bias and
+    chunk mask), so every row computes what it would alone.
     """
 
     pos: int = 0
     caches: list[KVCache] = field(default_factory=list)
     conv: ConvPosState | None = None
     valid_from: Tensor | None = None
+    row_pos: Tensor | None = None
+
+    def positions(self) -> Tensor:
+        """Each row's own position `(B,)`."""
+        if self.row_pos is not None:
+            return self.row_pos
+        return torch.full((self.caches[0].k.shape[0],), self.pos, dtype=torch.long)
+
+    def advanced(self, frames: int, caches: list[KVCache], conv: "ConvPosState | None") -> "TransformerState":
+        """The state after `frames` more frames (with the caches and conv context they left)."""
+        row_pos = None if self.row_pos is None else self.row_pos + frames
+        return TransformerState(self.pos + frames, caches, conv, self.valid_from, row_pos)
+
+    def _attended(self, chunk: int, window: int) -> list[int]:
+        """Per row, how many of its stored keys the next chunk can attend."""
+        first = self.caches[0].first_kept(max(0, self.pos + chunk - window))
+        rows = range(self.caches[0].k.shape[0])
+        starts = [first if self.valid_from is None else max(first, int(self.valid_from[r])) for r in rows]
+        return [self.pos - f for f in starts]
+
+    @classmethod
+    def align(cls, states: "list[TransformerState]", chunk: int, window: int) -> "TransformerState":
+        """One batch continuing every row of `states`, each at its own position (at a chunk boundary).
+
+        The keys each row can still attend are copied once, right-aligned so that they end at the batch's
+        `pos`; the slots before a row's first key are masked (`valid_from`). Stepping the batch then
+        appends in place, with no further copies: every row advances by the same frames.
+        """
+        if any(s.conv is not None or s.pos % chunk or not s.caches for s in states):
+            raise ValueError("align takes cached states at chunk boundaries, without a positional convolution")
+        rows = [(s, r, n) for s in states for r, n in enumerate(s._attended(chunk, window))]
+        pos = -(-max(n for *_, n in rows) // chunk) * chunk  # a multiple of the chunk: each row's grid
+        cache0 = states[0].caches[0]
+        heads, head_dim = cache0.k.shape[1], cache0.k.shape[3]
+        caches = []
+        for layer in range(len(states[0].caches)):
+            cache = KVCache.empty(len(rows), heads, head_dim, max(window + 16 * chunk, pos + chunk), cache0.k)
+            cache.length = pos
+            for b, (s, r, n) in enumerate(rows):
+                cache.place(b, *s.caches[layer].last(n, r))
+            caches.append(cache)
+        device = cache0.k.device
+        valid_from = torch.tensor([pos - n for *_, n in rows], device=device)
+        row_pos = torch.stack([s.positions()[r].cpu() for s, r, _ in rows])
+        return cls(pos, caches, None, valid_from, row_pos)
+
+    def rows(self, index: list[int]) -> "TransformerState":
+        """A copy of the rows `index`, on the same grid."""
+        conv = None if self.conv is None else ConvPosState(self.conv.context[index])
+        valid_from = None if self.valid_from is None else self.valid_from[index]
+        row_pos = None if self.row_pos is None else self.row_pos[index]
+        return TransformerState(self.pos, [c.rows(index) for c in self.caches], conv, valid_from, row_pos)
+
+    def row(self, index: int, chunk: int, window: int) -> "TransformerState":
+        """Row `index` alone, at its own position: a copy of the keys it can still attend."""
+        if self.conv is not None:
+            raise ValueError("row takes states without a positional convolution")
+        n = self._attended(chunk, window)[index]
+        own = int(self.positions()[index])
+        caches = []
+        for cache in self.caches:
+            single = KVCache.empty(1, cache.k.shape[1], cache.k.shape[3], max(window + 16 * chunk, n + chunk), cache.k)
+            single.start, single.length = own - n, n
+            single.place(0, *cache.last(n, index))
+            caches.append(single)
+        return TransformerState(own, caches)
 
 
 class TransformerEncoder(nn.Module):
@@ -208,4 +275,6 @@ class TransformerEncoder(nn.Module):
             x = self.norm(x)
         if not self.causal or (not use_cache and conv_state is None):
             return x, None
-        return x, TransformerState(start + T, caches, conv_state, valid_from)
+        if state is None:
+            return x, TransformerState(T, caches, conv_state, valid_from)
+        return x, state.advanced(T, caches, conv_state)

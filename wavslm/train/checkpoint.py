@@ -1,38 +1,22 @@
 """Checkpoints that survive `kill -9`: written to a temporary file, flushed, then renamed over the old one."""
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..io import write_file
+
 
 def save(path: Path, payload: dict[str, Any]) -> None:
     """Write `payload` with `torch.save` atomically: a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load(path: Path) -> dict[str, Any]:
     # Only tensors, numbers, strings and containers: safe to read with weights_only.
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files left by a process killed mid-write."""
-    for tmp in folder.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,7 +6,8 @@ model's own intermediate features (`ssl_parts.features_for_kmeans`). Both go thr
 
 Alignment: WavLM's non-causal conv front end (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2) is a chain
 of unpadded convolutions, so output frame t sees exactly the samples `[320 t, 320 t + 400)` and there are
-`T = floor((N - 400) / 320) + 1` frames (one frame for `N < 400`, which the front end zero-pads).
+`T = floor((N - 400) / 320) + 1` frames (one frame for `N < 400`, which the front end zero-pads;
+`wavlm.num_frames`).
 `mfcc` frames the signal with the same 400-sample (25 ms) window and 320-sample (20 ms) hop, without
 centring or padding, so MFCC frame t and WavLM frame t cover the same samples. (Fairseq's HuBERT computes
 MFCCs at 100 Hz and keeps every other label; framing at 50 Hz directly is equivalent and cheaper.)
@@ -19,34 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..wavlm import num_frames
+from .mel import mel_filterbank_htk
+
 SAMPLE_RATE = 16000
 WINDOW = 400  # receptive field of WavLM's conv front end: 25 ms
 HOP = 320  # its total stride: 20 ms, 50 frames/s
 
 
-def num_frames(num_samples: int | Tensor) -> int | Tensor:
-    """Frames of WavLM's non-causal conv front end (and of `mfcc`) for `num_samples` input samples."""
-    if isinstance(num_samples, Tensor):
-        return ((num_samples - WINDOW).div(HOP, rounding_mode="floor") + 1).clamp_min(1)
-    return max(1, (num_samples - WINDOW) // HOP + 1)
-
-
 # ---- MFCC -----------------------------------------------------------------------------------------------
-
-
-def _mel(hz: Tensor) -> Tensor:
-    return 1127.0 * torch.log1p(hz / 700.0)
-
-
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, low_hz: float, high_hz: float) -> Tensor:
-    """Triangular filters, equally spaced on the (HTK) mel scale: `(n_fft // 2 + 1, n_mels)`."""
-    mel_lo, mel_hi = _mel(torch.tensor(low_hz)), _mel(torch.tensor(high_hz))
-    edges = torch.linspace(0, 1, n_mels + 2, dtype=torch.float64) * (mel_hi - mel_lo) + mel_lo
-    left, centre, right = edges[:-2], edges[1:-1], edges[2:]
-    bins = _mel(torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft)[:, None]
-    up = (bins - left) / (centre - left)
-    down = (right - bins) / (right - centre)
-    return torch.minimum(up, down).clamp_min(0).float()
 
 
 def dct_matrix(n_mels: int, n_mfcc: int) -> Tensor:
@@ -110,7 +92,8 @@ def log_mel(
     windows = windows * torch.hamming_window(WINDOW, periodic=False, device=sig.device)
     n_fft = 1 << (WINDOW - 1).bit_length()
     power = torch.fft.rfft(windows, n=n_fft).abs() ** 2  # (B, T, n_fft / 2 + 1)
-    fbank = mel_filterbank(n_fft, n_mels, SAMPLE_RATE, low_hz, high_hz).to(sig.device)
+    # Contiguous (n_fft / 2 + 1, n_mels): a transposed view can take another BLAS path and change the sums.
+    fbank = mel_filterbank_htk(SAMPLE_RATE, n_fft, n_mels, low_hz, high_hz).T.float().contiguous().to(sig.device)
     logmel = (power @ fbank).clamp_min(torch.finfo(torch.float32).eps).log()
     return _hold_last(logmel, num_frames(lengths.to(sig.device)) if lengths is not None else None)
 

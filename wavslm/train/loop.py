@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..io import remove_temporaries
 from . import checkpoint
 from .dist import Dist, all_finite, barrier, mean
 from .schedule import LRSchedule
@@ -142,7 +143,7 @@ class Trainer:
     def resume(self) -> bool:
         path = self.ckpt_dir / "last.pt"
         if self.dist.main and self.ckpt_dir.is_dir():
-            checkpoint.remove_stale_temporaries(self.ckpt_dir)
+            remove_temporaries(self.ckpt_dir)
         barrier(self.dist)
         if not path.is_file():
             return False

@@ -15,74 +15,13 @@ other set-ups; the recipes do not use them.
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..modules.bsq import lats_to_codes, toks_to_codes
-
-# Slaney's mel scale (as in librosa / the Auditory Toolbox): linear up to 1 kHz, logarithmic above.
-_F_SP = 200.0 / 3.0  # Hz per mel in the linear part
-_MIN_LOG_HZ = 1000.0
-_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP  # = 15
-_LOGSTEP = math.log(6.4) / 27.0  # 27 mels per factor 6.4 above 1 kHz
-
-
-def hz_to_mel(hz: Tensor) -> Tensor:
-    """Slaney mel of frequencies `hz (...)` (1 kHz -> 15 mel)."""
-    hz = torch.as_tensor(hz, dtype=torch.float64)
-    log_part = _MIN_LOG_MEL + torch.log(hz.clamp(min=_MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
-    return torch.where(hz < _MIN_LOG_HZ, hz / _F_SP, log_part)
-
-
-def mel_to_hz(mel: Tensor) -> Tensor:
-    """Inverse of `hz_to_mel`."""
-    mel = torch.as_tensor(mel, dtype=torch.float64)
-    log_part = _MIN_LOG_HZ * torch.exp(_LOGSTEP * (mel.clamp(min=_MIN_LOG_MEL) - _MIN_LOG_MEL))
-    return torch.where(mel < _MIN_LOG_MEL, mel * _F_SP, log_part)
-
-
-@lru_cache(maxsize=16)
-def _mel_filterbank(
-    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, norm: str | None
-) -> Tensor:
-    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
-    edges = mel_to_hz(
-        torch.linspace(float(hz_to_mel(fmin)), float(hz_to_mel(fmax)), n_mels + 2, dtype=torch.float64)
-    )
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (freqs - lo) / (mid - lo)
-    falling = (hi - freqs) / (hi - mid)
-    fb = torch.minimum(rising, falling).clamp(min=0.0)
-    if norm == "slaney":
-        fb = fb * (2.0 / (hi - lo))  # every triangle then has unit area in Hz
-    return fb
-
-
-def mel_filterbank(
-    sample_rate: int,
-    n_fft: int,
-    n_mels: int,
-    fmin: float = 0.0,
-    fmax: float | None = None,
-    norm: str | None = "slaney",
-) -> Tensor:
-    """Triangular filters on Slaney's mel scale: `(n_mels, n_fft // 2 + 1)` float64.
-
-    `n_mels + 2` edges are equally spaced in mel between `fmin` and `fmax` (default Nyquist); filter `m`
-    rises from edge `m` to 1 at edge `m + 1` and falls to 0 at edge `m + 2`. `norm="slaney"` scales each
-    filter by `2 / (edge[m+2] - edge[m])` (unit area in Hz); `norm=None` leaves peaks at 1, so the filters
-    sum to 1 at every frequency between the first and last centres. Same definition as librosa's and
-    torchaudio's `norm="slaney", mel_scale="slaney"` banks, used by the recipe's mel loss.
-    """
-    fmax = sample_rate / 2 if fmax is None else fmax
-    if not 0 <= fmin < fmax <= sample_rate / 2:
-        raise ValueError(f"need 0 <= fmin < fmax <= sample_rate / 2, got fmin={fmin}, fmax={fmax}")
-    if norm not in (None, "slaney"):
-        raise ValueError(f"norm must be None or 'slaney', got {norm!r}")
-    return _mel_filterbank(int(sample_rate), int(n_fft), int(n_mels), float(fmin), float(fmax), norm).clone()
+from .mel import mel_filterbank_slaney
 
 
 def _flatten_sig(sig: Tensor) -> tuple[Tensor, tuple[int, ...]]:
@@ -126,7 +65,7 @@ def mel_spectrogram(
     power 1, clip 1e-5, its "dynamic range compression").
     """
     mag = stft_magnitude(sig, n_fft, hop, win_length)
-    fb = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax).to(mag.device, mag.dtype)
+    fb = mel_filterbank_slaney(sample_rate, n_fft, n_mels, fmin, fmax).to(mag.device, mag.dtype)
     mel = torch.einsum("mf,...ft->...mt", fb, mag if power == 1.0 else mag.pow(power))
     return mel.clamp(min=clip).log()
 

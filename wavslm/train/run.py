@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 
-from ..config import from_dict, to_dict
+from ..config import from_dict, renamed, to_dict
 from ..errors import InputError
+from ..io import write_atomic
 from ..pretrained import preset_path
 from . import dist as distributed
 from .loop import Trainer
@@ -21,11 +22,11 @@ log = logging.getLogger("wavslm.train")
 
 
 def _stages() -> dict[str, tuple[type, Any]]:
-    from .codec_stage import CodecStage, CodecStageConfig
+    from .codec import CodecStageConfig, build_codec_stage
     from .lm_stage import LMStage, LMStageConfig
     from .ssl_stage import SSLStage, SSLStageConfig
 
-    return {"codec": (CodecStageConfig, CodecStage), "lm": (LMStageConfig, LMStage),
+    return {"codec": (CodecStageConfig, build_codec_stage), "lm": (LMStageConfig, LMStage),
             "ssl": (SSLStageConfig, SSLStage)}
 
 
@@ -71,7 +72,8 @@ def resolve(stage: str, config: str | Path | None, overrides: list[str]):
         if not isinstance(section, dict):
             raise InputError(f"config file '{config}': section '{stage}' must be a mapping")
     source = f"config '{config}' section '{stage}'" if config else f"stage '{stage}' settings"
-    return from_dict(cls, apply_overrides(section, list(overrides)), source)
+    # An older file's keys take their current names first, so that an override by the new name replaces them.
+    return from_dict(cls, apply_overrides(renamed(cls, section, source), list(overrides)), source)
 
 
 def train(
@@ -90,7 +92,9 @@ def train(
             raise InputError(f"cannot resume: '{run_dir}' holds no config.yaml from an earlier run")
         values = yaml.safe_load(saved.read_text())
         stage = values["stage"]
-        cfg = from_dict(_stages()[stage][0], apply_overrides(values["config"], list(overrides)), saved)
+        cls = _stages()[stage][0]
+        # A run saved under older key names resumes too (e.g. the recipe's `substage=` meets a saved `step`).
+        cfg = from_dict(cls, apply_overrides(renamed(cls, values["config"], saved), list(overrides)), saved)
     else:
         if (run_dir / "checkpoints" / "last.pt").exists():
             raise InputError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another folder")
@@ -99,7 +103,7 @@ def train(
     try:
         if d.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            saved.write_text(yaml.safe_dump({"stage": stage, "config": to_dict(cfg)}, sort_keys=False))
+            write_atomic(saved, yaml.safe_dump({"stage": stage, "config": to_dict(cfg)}, sort_keys=False))
         distributed.barrier(d)
         import torch
 

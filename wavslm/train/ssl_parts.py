@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..wavlm import WavLM
-from .features import num_frames
+from ..wavlm import WavLM, num_frames
 
 IGNORE = -100  # label of frames without a target (padding); never counted in the loss
 

@@ -19,7 +19,6 @@ The export (`RUN_DIR/export`): `wavlm/`, a Hugging Face-layout WavLM (bidirectio
 `kmeans.safetensors` (`centroids (K, D)` of the targets this model learned to predict); `ssl.json`.
 """
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,11 +28,11 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from ..data.manifest import write_atomic
 from ..data.segments import AudioSegments, collate_segments, stable_randint
 from ..errors import InputError
-from ..wavlm import WavLM, WavLMConfig, from_hf, save_hf, wavlm_ref
-from .features import SAMPLE_RATE, kmeans_assign, kmeans_fit, log_mel, mfcc, num_frames
+from ..io import write_atomic, write_json
+from ..wavlm import WavLM, WavLMConfig, from_hf, num_frames, save_hf, wavlm_ref
+from .features import SAMPLE_RATE, kmeans_assign, kmeans_fit, log_mel, mfcc
 from .loop import TrainConfig
 from .ssl_parts import MaskedPredictionHead, ReconstructionHead, SSLModel, features_for_kmeans, span_mask
 
@@ -278,4 +277,4 @@ class SSLStage:
             "sample_rate": SAMPLE_RATE,
             "frame_rate": SAMPLE_RATE // _FRONT_END.hop_length,
         }
-        write_atomic(folder / "ssl.json", json.dumps(info, indent=2) + "\n")
+        write_json(folder / "ssl.json", info)

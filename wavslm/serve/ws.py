@@ -1,7 +1,7 @@
 """The WebSocket session of `wavslm serve`: one prompt in, a continuation streamed out.
 
-The protocol is documented in `wavslm.serve` and docs/serve.md. Model calls go through `Engine.call`
-(the model thread); this module only moves messages and enforces the protocol and its limits.
+The protocol is documented in `wavslm.serve` and docs/serve.md. Model calls go through the engine (its
+model thread); this module only moves messages and enforces the protocol and its limits.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from fastapi import WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from .serve import Limits
-from .serve_engine import (
+from .engine import (
     Engine,
     Generation,
     ServeError,
@@ -28,6 +27,7 @@ from .serve_engine import (
     to_bytes,
     validation_message,
 )
+from .limits import Limits
 
 log = logging.getLogger("wavslm.serve")
 # What a send or receive on a socket the client has left may raise, depending on the server.
@@ -126,11 +126,11 @@ async def _session(ws: WebSocket, engine: Engine) -> None:
     else:
         sig, sr = await asyncio.to_thread(decode_file, bytes(prompt), limits)
     del prompt
-    gen = await engine.call(engine.open, sig, sr, start)
+    gen = await engine.open(sig, sr, start)
     try:
         await _stream(ws, engine, gen, start.output_format, deadline)
     finally:
-        await engine.call(gen.close)  # it touches the model's stream state
+        await engine.call(engine.close, gen)  # it touches the model's stream state
 
 
 async def _stream(ws: WebSocket, engine: Engine, gen: Generation, output_format: str, deadline: float) -> None:

@@ -1,17 +1,17 @@
-"""The server's model side: limits, request settings, prompt decoding and generation sessions.
+"""The server's model side: request settings, prompt decoding, the model thread and its generations.
 
-Nothing here knows about HTTP or WebSockets (that is `serve.py`); everything here is plain Python that
+Nothing here knows about HTTP or WebSockets (that is `app` and `ws`); everything here is plain Python that
 the tests can call directly. One `Engine` owns the model and the thread that runs it; each `Generation`
-is one continuation, advanced 80 ms at a time on that thread.
+is one continuation.
 
-Concurrency: every model call (prompt encoding, generation steps, closing a stream) runs on one model
-thread, in the order asked. PyTorch is never entered from two threads at once (no oversubscription of
-its intra-op pool, predictable step latency), and one thread allocates from one malloc arena, so the
-memory of finished sessions is reused instead of stranded in per-thread arenas (measured: RSS back
-within ~5 MiB of its baseline after 8 sessions, against +20 MiB with a pool of 8 threads and a lock).
-Sessions that are generating are stepped together: `Engine.step` queues a session's request for its
-next chunk, and the model thread advances every queued session with one batched step
-(`batch_step.step_together`), so N sessions cost one step of a batch of N rather than N steps.
+Concurrency: every model call runs on one model thread, in the order asked. PyTorch is never entered
+from two threads at once (no oversubscription of its intra-op pool, predictable step latency), and one
+thread allocates from one malloc arena, so the memory of finished sessions is reused instead of
+stranded in per-thread arenas. Prompts that arrive while the thread is busy are read together
+(`generation.open_sessions`: one batch per prompt length). Every generating session is a member of one
+`LiveBatch`, stepped as a whole: one step job advances all of them by 80 ms with no copy of their
+caches, then queues the next, so prompts and closes that arrived meanwhile are served between two
+steps. Each generation's chunks wait in its own queue until its client takes them.
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ import soundfile as sf
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .audio import check_signal
-from .batch_step import step_together
-from .errors import InputError
-from .generation import prompt_tokens
-from .serve import Limits
+from ..audio import check_signal, resample
+from ..errors import InputError
+from ..generation import LiveBatch, LiveSession, Sampling, open_sessions, prompt_tokens
+from .limits import Limits
 
 if TYPE_CHECKING:
-    from .lm import WavSLM
+    from ..lm import WavSLM
 
 # Rates outside this range are either a corrupt header or nothing a microphone produces; soxr would
 # spend a long time (or fail) on absurd ratios.
@@ -72,11 +71,11 @@ class Settings(BaseModel):
             raise ValueError("give top_p or top_k, not both")
         return self
 
-    def sampling(self) -> tuple[float | None, int | None]:
-        """`(top_p, top_k)` as `generate_steps` takes them: top_p defaults to 0.3 unless top_k is given."""
+    def sampling(self) -> Sampling:
+        """The generation's sampling: top_p defaults to 0.3 unless top_k is given."""
         if self.top_k is not None:
-            return None, self.top_k
-        return (DEFAULT_TOP_P if self.top_p is None else self.top_p), None
+            return Sampling(self.temperature, None, self.top_k)
+        return Sampling(self.temperature, DEFAULT_TOP_P if self.top_p is None else self.top_p, None)
 
 
 class StartMessage(Settings):
@@ -174,23 +173,28 @@ def _finish(audio: np.ndarray, sr: int, limits: Limits) -> tuple[torch.Tensor, i
 
 
 class Engine:
-    """The shared model, the thread that runs it, and the count of open sessions."""
+    """The shared model, the thread that runs it, the batch of generating sessions, and the session count."""
 
     def __init__(self, lm: WavSLM, limits: Limits, name: str = "model"):
-        codec = lm._require_codec()
+        codec = lm.require_codec()
         self.lm, self.limits, self.name = lm, limits, name
         self.sample_rate_input = codec.sample_rate_input
         self.sample_rate_output = codec.sample_rate_output
         self.toks_per_step = lm.toks_per_step
         self.step_seconds = lm.toks_per_step / codec.frame_rate
         self.chunk_samples = round(self.step_seconds * codec.sample_rate_output)
-        # The one thread for model calls (see the module docstring); sessions queue on it in FIFO order.
+        # The one thread for model calls (see the module docstring); its jobs run in FIFO order.
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavslm-model")
         self._count_lock = threading.Lock()
         self.active = 0
-        # Sessions waiting for their next chunk, stepped together by the next `_step_queued` job.
-        self._queued: list[tuple[Generation, asyncio.Future]] = []
-        self._queue_lock = threading.Lock()
+        # Prompts waiting to be read, taken together by the next `_open_queued` job.
+        self._opening: list[tuple[tuple, asyncio.Future]] = []
+        self._open_lock = threading.Lock()
+        # Model thread only: the batch, its generations by session, and generations waiting to join it.
+        self.batch = LiveBatch(lm)
+        self._members: dict[int, Generation] = {}
+        self._joining: list[Generation] = []
+        self._step_queued = False
         self.steps_run = self.rows_stepped = 0  # batched steps, and sessions advanced by them (GET /health)
 
     def acquire(self) -> None:
@@ -213,34 +217,6 @@ class Engine:
         """Run `fn(*args)` on the model thread, behind the calls already queued, and await its result."""
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
 
-    async def step(self, gen: Generation) -> np.ndarray | None:
-        """`gen`'s next chunk, computed on the model thread in one batch with every other session that
-        asks before the batch starts; None once its requested length is out."""
-        future = asyncio.get_running_loop().create_future()
-        with self._queue_lock:
-            self._queued.append((gen, future))
-            first = len(self._queued) == 1
-        if first:
-            self.model_thread.submit(self._step_queued)
-        return await future
-
-    def _step_queued(self) -> None:
-        """On the model thread: one batched step for every queued session."""
-        with self._queue_lock:
-            queued, self._queued = self._queued, []
-        running = [(gen, fut) for gen, fut in queued if not fut.cancelled()]
-        going = [(gen, fut) for gen, fut in running if not gen.done]
-        try:
-            chunks = Generation.step_all([gen for gen, _ in going])
-            outcome = [(fut, chunk, None) for (_, fut), chunk in zip(going, chunks, strict=True)]
-        except Exception as error:  # every session of the batch hears of it; the server keeps serving
-            outcome = [(fut, None, error) for _, fut in going]
-        outcome += [(fut, None, None) for gen, fut in running if gen.done]
-        self.steps_run += bool(going)
-        self.rows_stepped += len(going)
-        for fut, chunk, error in outcome:
-            fut.get_loop().call_soon_threadsafe(_settle, fut, chunk, error)
-
     def check_seconds(self, seconds: float) -> None:
         if round(seconds * self.sample_rate_output) < 1:
             raise ServeError("invalid_settings", f"seconds={seconds:g} is shorter than one sample", 422)
@@ -251,66 +227,176 @@ class Engine:
                 422,
             )
 
-    def open(self, sig: torch.Tensor, sample_rate: int, settings: Settings) -> Generation:
-        """Encode the prompt and prepare a continuation (on `model_thread`: it runs the codec)."""
+    # ---- opening: prompts read together --------------------------------------------------------------
+
+    async def open(self, sig: torch.Tensor, sample_rate: int, settings: Settings) -> Generation:
+        """Read the prompt `sig (1, N)` and start its continuation, together with every prompt that arrives
+        while the model thread is busy; its chunks then come from `step`."""
         self.check_seconds(settings.seconds)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._open_lock:
+            self._opening.append(((sig, sample_rate, settings, loop), future))
+            first = len(self._opening) == 1
+        if first:
+            self.model_thread.submit(self._open_queued)
+        return await future
+
+    def _open_queued(self) -> None:
+        """On the model thread: read every queued prompt, then let the new generations join the batch."""
+        with self._open_lock:
+            queued, self._opening = self._opening, []
+        queued = [(request, future) for request, future in queued if not future.cancelled()]
         try:
-            rows = prompt_tokens(self.lm, sig, sample_rate, None)
-        except InputError as err:
-            raise _bad_audio(str(err)) from err
-        return Generation(self, rows, settings, sig.shape[-1] / sample_rate)
+            outcomes = self._open_all([request for request, _ in queued])
+        except Exception as error:  # every request of the batch hears of it; the server keeps serving
+            outcomes = [error] * len(queued)
+        for (_, future), outcome in zip(queued, outcomes, strict=True):
+            if isinstance(outcome, Generation):
+                self._joining.append(outcome)
+            future.get_loop().call_soon_threadsafe(_settle, future, outcome)
+        if self._joining:
+            self._schedule_step()
+
+    def _open_all(self, requests: list[tuple]) -> list[Generation | Exception]:
+        rate = self.sample_rate_input
+        sigs = [resample(sig, sr, rate) for sig, sr, _, _ in requests]
+        try:
+            rows: list = prompt_tokens(self.lm, sigs, rate, None)
+        except InputError:  # one prompt too short: find which, the others go on
+            rows = []
+            for sig in sigs:
+                try:
+                    rows.extend(prompt_tokens(self.lm, sig, rate, None))
+                except InputError as err:
+                    rows.append(_bad_audio(str(err)))
+        ok = [i for i, row in enumerate(rows) if isinstance(row, torch.Tensor)]
+        seeds = {i: requests[i][2].seed if requests[i][2].seed is not None else secrets.randbits(31) for i in ok}
+        samplings = [requests[i][2].sampling() for i in ok]
+        lives = open_sessions(self.lm, [rows[i] for i in ok], samplings, [seeds[i] for i in ok])
+        outcomes: list[Generation | Exception] = list(rows)
+        for i, live in zip(ok, lives, strict=True):
+            sig, sr, settings, loop = requests[i]
+            outcomes[i] = Generation(self, live, loop, settings, seeds[i], sig.shape[-1] / sr, len(rows[i]))
+        return outcomes
+
+    # ---- stepping: every generating session in one batch ---------------------------------------------
+
+    async def step(self, gen: Generation) -> np.ndarray | None:
+        """`gen`'s next chunk (float32 at the output rate), as soon as the batch has made it; None once its
+        requested length is out."""
+        if gen.finished:
+            return None
+        await asyncio.sleep(0)  # a chunk may be waiting already: let the client's other tasks run first
+        item = await gen.chunks.get()
+        if isinstance(item, Exception):
+            gen.finished = True
+            raise item
+        if item is None:
+            gen.finished = True
+            return None
+        return gen.account(item)
+
+    def _schedule_step(self) -> None:
+        if not self._step_queued:
+            self._step_queued = True
+            self.model_thread.submit(self._step)
+
+    def _step(self) -> None:
+        """On the model thread: one step of the whole batch (after taking finished or abandoned sessions
+        out and the newly opened ones in), then the next step behind whatever was queued meanwhile."""
+        self._step_queued = False
+        self._leave([gen for gen in self._members.values() if gen.done or gen.closed])
+        joining = [gen for gen in self._joining if not gen.closed]
+        self._joining = []
+        if joining:
+            self.batch.join([gen.live for gen in joining])
+            self._members.update({id(gen.live): gen for gen in joining})
+        if not len(self.batch):
+            return
+        members = [self._members[id(live)] for live in self.batch.members]
+        try:
+            chunks = self.batch.step()
+        except Exception as error:  # every session of the batch hears of it; the server keeps serving
+            for gen in members:
+                gen.put(error)
+            self._leave(members)
+            return
+        for gen, (toks, audio) in zip(members, chunks, strict=True):
+            gen.deliver(toks, audio)
+        self.steps_run += 1
+        self.rows_stepped += len(members)
+        self._schedule_step()
+
+    def _leave(self, gens: list[Generation]) -> None:
+        gens = [gen for gen in gens if id(gen.live) in self._members]
+        if gens:
+            self.batch.leave([gen.live for gen in gens], keep_state=False)
+            for gen in gens:
+                del self._members[id(gen.live)]
+
+    def close(self, gen: Generation) -> None:
+        """On the model thread: stop `gen` and free its state; safe to call twice."""
+        gen.closed = True
+        self._leave([gen])
+        gen.live.close()
 
     def shutdown(self) -> None:
         self.model_thread.shutdown(wait=False, cancel_futures=True)
 
 
 class Generation:
-    """One continuation: a single-row `LiveSession` that has read the prompt, advanced one step per
-    `step_all` call (with the other sessions of its batch), on the engine's model thread."""
+    """One continuation: a single-row `LiveSession` that has read the prompt, stepped in the engine's batch.
+    Its chunks wait in `chunks` (an asyncio queue of the requester's loop) until its client takes them."""
 
-    def __init__(self, engine: Engine, rows: list[torch.Tensor], settings: Settings, prompt_seconds: float):
-        self.engine = engine
-        self.seed = settings.seed if settings.seed is not None else secrets.randbits(31)
+    def __init__(self, engine: Engine, live: LiveSession, loop: asyncio.AbstractEventLoop, settings: Settings,
+                 seed: int, prompt_seconds: float, prompt_tokens: int):
+        self.engine, self.live, self.loop, self.seed = engine, live, loop, seed
         # Enough whole steps to cover the request; the last chunk is trimmed to the exact length.
         self.total_samples = round(settings.seconds * engine.sample_rate_output)
-        top_p, top_k = settings.sampling()
-        self.live = engine.lm.live(1, top_p=top_p, top_k=top_k, temp=settings.temperature, seed=self.seed)
-        self.live.feed_tokens(rows[0][None])
-        self.prompt_seconds = prompt_seconds
-        self.prompt_tokens = len(rows[0])
-        self.samples = self.chunks = self.tokens = 0
+        self.prompt_seconds, self.prompt_tokens = prompt_seconds, prompt_tokens
+        self.chunks: asyncio.Queue = asyncio.Queue()
+        self.produced = 0  # samples made (model thread)
+        self.closed = False  # model thread
+        self.finished = False  # the client has had the last chunk (event loop)
+        self.samples = self.sent_chunks = self.tokens = 0  # what the client took
         self.started = time.perf_counter()
         self.first_chunk: float | None = None
 
     @property
     def done(self) -> bool:
-        return self.samples >= self.total_samples
+        return self.produced >= self.total_samples
 
-    @staticmethod
-    def step_all(gens: list[Generation]) -> list[np.ndarray]:
-        """The next chunk `(n,)` float32 at the output rate of each of `gens` (none done), as one batch."""
-        out = []
-        for gen, (toks, audio) in zip(gens, step_together([g.live for g in gens]), strict=True):
-            out.append(gen._account(toks, audio))
-        return out
+    def deliver(self, toks: torch.Tensor, audio: torch.Tensor) -> None:
+        """On the model thread: queue a step's chunk (trimmed to the requested length), then the end."""
+        chunk = audio[0].float().cpu().numpy()[: self.total_samples - self.produced]
+        self.produced += len(chunk)
+        self.put((chunk, toks.shape[1]))
+        if self.done:
+            self.put(None)
 
-    def _account(self, toks: torch.Tensor, audio: torch.Tensor) -> np.ndarray:
-        chunk = audio[0].float().cpu().numpy()[: self.total_samples - self.samples]
+    def put(self, item) -> None:
+        """On the model thread: hand `item` to the requester's loop; if that loop is gone (its client with
+        it), the generation is abandoned and leaves the batch at the next step."""
+        try:
+            self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
+        except RuntimeError:  # the loop is closed
+            self.closed = True
+
+    def account(self, item: tuple[np.ndarray, int]) -> np.ndarray:
+        """Count a chunk the client takes; returns it."""
+        chunk, tokens = item
         self.samples += len(chunk)
-        self.chunks += 1
-        self.tokens += toks.shape[1]
+        self.sent_chunks += 1
+        self.tokens += tokens
         self.first_chunk = self.first_chunk or time.perf_counter() - self.started
         return chunk
-
-    def close(self) -> None:
-        """Release the session's stream state; safe to call twice."""
-        self.live.close()
 
     def stats(self, cancelled: bool = False) -> dict:
         elapsed = time.perf_counter() - self.started
         seconds = self.samples / self.engine.sample_rate_output
         return {
-            "chunks": self.chunks,
+            "chunks": self.sent_chunks,
             "samples": self.samples,
             "tokens": self.tokens,
             "audio_seconds": round(seconds, 4),
@@ -324,14 +410,17 @@ class Generation:
         }
 
 
-def _settle(future: asyncio.Future, chunk: np.ndarray | None, error: Exception | None) -> None:
-    """On the event loop: hand a batched step's result to the session awaiting it (unless it gave up)."""
+def _settle(future: asyncio.Future, outcome: object) -> None:
+    """On the event loop: hand a model-thread result to the request awaiting it (unless it gave up: then a
+    generation opened for it is closed)."""
     if future.done():
+        if isinstance(outcome, Generation):
+            outcome.engine.model_thread.submit(outcome.engine.close, outcome)
         return
-    if error is not None:
-        future.set_exception(error)
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
     else:
-        future.set_result(chunk)
+        future.set_result(outcome)
 
 
 def to_bytes(chunk: np.ndarray, output_format: str) -> bytes:

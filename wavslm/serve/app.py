@@ -1,7 +1,7 @@
 """The FastAPI app of `wavslm serve`: the page, /health, POST /generate and the WebSocket route.
 
 The protocol and the routes are documented in `wavslm.serve` and docs/serve.md; the WebSocket session is
-in `serve_ws`, the model side in `serve_engine`.
+in `ws`, the model side in `engine`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from .serve import Limits
-from .serve_engine import (
+from .. import __version__
+from .engine import (
     Engine,
     ServeError,
     Settings,
@@ -28,10 +28,11 @@ from .serve_engine import (
     timeout_error,
     validation_message,
 )
-from .serve_ws import websocket_session
+from .limits import Limits
+from .ws import websocket_session
 
 if TYPE_CHECKING:
-    from .lm import WavSLM
+    from ..lm import WavSLM
 
 
 # The page: a fixed table of names, so a URL never becomes a path.
@@ -43,10 +44,8 @@ STATIC = {
 }
 
 
-def build_app(lm: WavSLM, limits: Limits | None = None, name: str = "model") -> FastAPI:
+def create_app(lm: WavSLM, limits: Limits | None = None, name: str = "model") -> FastAPI:
     """The server for `lm` (which must hold its codec); `limits` default to `Limits()`."""
-    from . import __version__
-
     engine = Engine(lm, limits or Limits(), name)
 
     @asynccontextmanager
@@ -146,7 +145,7 @@ async def _read_body(request: Request, limits: Limits, deadline: float) -> bytes
 
 async def _generate_wav(request: Request, engine: Engine, body: bytes, settings: Settings, deadline: float) -> Response:
     sig, sr = await asyncio.to_thread(decode_file, body, engine.limits)
-    gen = await engine.call(engine.open, sig, sr, settings)
+    gen = await engine.open(sig, sr, settings)
     chunks = []
     try:
         while (chunk := await engine.step(gen)) is not None:
@@ -156,7 +155,7 @@ async def _generate_wav(request: Request, engine: Engine, body: bytes, settings:
             if asyncio.get_running_loop().time() > deadline:
                 raise timeout_error(engine.limits, idle=False)
     finally:
-        await engine.call(gen.close)
+        await engine.call(engine.close, gen)
     out = io.BytesIO()
     sf.write(out, np.concatenate(chunks), engine.sample_rate_output, format="WAV", subtype="PCM_16")
     stats = gen.stats()

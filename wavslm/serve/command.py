@@ -1,0 +1,79 @@
+"""`wavslm serve` and `python -m wavslm.serve`: the arguments, the model, and uvicorn."""
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..pretrained import OPTIMIZE, load_lm
+from .limits import Limits
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add `wavslm serve`'s arguments (all but --device, which the CLI adds to every verb)."""
+    d = Limits()
+    parser.add_argument("--model", help="WavSLM folder, .json or Hub id (default: the bundled model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8998, help="port (default: 8998)")
+    parser.add_argument("--max-prompt-secs", type=float, default=d.max_prompt_secs,
+                        help=f"longest prompt accepted, in seconds (default {d.max_prompt_secs:g})")
+    parser.add_argument("--max-gen-secs", type=float, default=d.max_gen_secs,
+                        help=f"longest continuation, in seconds (default {d.max_gen_secs:g})")
+    parser.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes,
+                        help=f"largest prompt upload (default {d.max_upload_bytes}, 16 MiB)")
+    parser.add_argument("--max-sessions", type=int, default=d.max_sessions,
+                        help=f"concurrent sessions; more are refused (default {d.max_sessions})")
+    parser.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
+                        help=f"seconds a client may stay silent while sending its prompt (default {d.idle_timeout:g})")
+    parser.add_argument("--session-timeout", type=float, default=d.session_timeout,
+                        help=f"seconds a session may last in all (default {d.session_timeout:g})")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="PyTorch CPU threads of the model thread (default: 1; more only pays for big models: "
+                             "with several, its spinning workers compete with the server for the cores)")
+    parser.add_argument("--optimize", choices=list(OPTIMIZE), default="none",
+                        help="convert the model for inference (see `wavslm generate --help`; default: none)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load the model and serve until interrupted."""
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as err:
+        raise InputError(f"wavslm serve needs the 'serve' extra ({err.name} is missing): pip install 'wavslm[serve]'") from err
+
+    limits = Limits(args.max_prompt_secs, args.max_gen_secs, args.max_upload_bytes, args.max_sessions,
+                    args.idle_timeout, args.session_timeout)
+    if min(limits.as_dict().values()) <= 0:
+        raise InputError("every --max-* and --*-timeout value must be positive")
+    if args.threads < 1:
+        raise InputError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    lm = load_lm(args.model, getattr(args, "device", "cpu"), args.optimize)
+    name = Path(args.model).name if args.model else "bundled tiny"
+    print(f"wavslm serve: {name} on http://{args.host}:{args.port}/ (API: /openapi.json)", flush=True)
+    # Frames above the upload limit are refused by uvicorn itself (close 1009) before reaching us.
+    uvicorn.run(create_app(lm, limits, name), host=args.host, port=args.port, log_level=args.log_level,
+                ws_max_size=limits.max_upload_bytes + 65536)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m wavslm.serve`: the same as `wavslm serve`."""
+    parser = argparse.ArgumentParser(prog="wavslm serve", description="Speak, and hear the continuation as it is "
+                                     "generated: the page, a WebSocket stream and an HTTP API of continuations.")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    configure(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except InputError as error:
+        print(f"wavslm serve: error: {error}", flush=True)
+        return 2
+    return 0
+
