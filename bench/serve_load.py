@@ -1,7 +1,7 @@
 """Load test of `wavslm serve`: N concurrent WebSocket sessions on loopback, bounded in time and size.
 
     python bench/serve_load.py [--model REF] [--sessions 8] [--seconds 10] [--prompt-seconds 3]
-                               [--rounds 2] [--threads N]
+                               [--rounds 2] [--threads N] [--prompt-threads N]
 
 Starts `python -m wavslm.serve` in a subprocess (the bundled tiny model unless --model), runs one warm-up
 round (every session at once, 1 s each), then `--rounds` rounds of `--sessions` sessions at once, each continuing a different
@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--prompt-seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, help="the server's PyTorch threads (default: the server's, 1)")
+    parser.add_argument("--prompt-threads", type=int,
+                        help="the server's PyTorch threads while it reads prompts (default: the server's, every core)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lead-ms", type=float, default=100.0,
                         help="player's lead before the first chunk plays, as in the page (default 100)")
@@ -142,6 +144,8 @@ def main() -> None:
            "--max-sessions", str(args.sessions), "--max-gen-secs", str(max(30.0, args.seconds)), "--log-level", "warning"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.prompt_threads:
+        cmd += ["--prompt-threads", str(args.prompt_threads)]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     url = f"ws://127.0.0.1:{port}/ws"
     try:

@@ -450,3 +450,26 @@ def test_prompts_arriving_together_are_read_and_stepped_as_one_batch(lm, wav):
         assert len(one) == len(two) == 5
         for a, b in zip(one, two, strict=True):
             assert a.shape == b.shape == (CHUNK,) and np.abs(a - b).max() < 1e-4  # each its own continuation
+
+
+def test_prompts_are_read_with_the_prompt_threads_and_steps_with_the_process_setting(lm, wav):
+    import asyncio
+
+    import torch
+
+    from wavslm.serve.engine import Settings, decode_file
+
+    want = torch.get_num_threads() + 1
+    engine = create_app(lm, prompt_threads=want).state.engine
+    before = engine.model_thread.submit(torch.get_num_threads).result()
+    seen, read = [], engine._open_all
+    engine._open_all = lambda requests: (seen.append(torch.get_num_threads()), read(requests))[1]
+
+    async def scenario():
+        gen = await engine.open(*decode_file(wav, engine.limits), Settings(seconds=0.16, seed=0))
+        while await engine.step(gen) is not None:
+            seen.append(engine.model_thread.submit(torch.get_num_threads).result())
+        await engine.call(engine.close, gen)
+
+    asyncio.run(scenario())
+    assert seen[0] == want and set(seen[1:]) == {before} and before != want

@@ -44,9 +44,11 @@ STATIC = {
 }
 
 
-def create_app(lm: WavSLM, limits: Limits | None = None, name: str = "model") -> FastAPI:
-    """The server for `lm` (which must hold its codec); `limits` default to `Limits()`."""
-    engine = Engine(lm, limits or Limits(), name)
+def create_app(lm: WavSLM, limits: Limits | None = None, name: str = "model", prompt_threads: int | None = None
+               ) -> FastAPI:
+    """The server for `lm` (which must hold its codec); `limits` default to `Limits()`; `prompt_threads`:
+    PyTorch threads while prompts are read (None: the process's setting, as for steps)."""
+    engine = Engine(lm, limits or Limits(), name, prompt_threads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -32,6 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="PyTorch CPU threads of the model thread (default: 1; more only pays for big models: "
                              "with several, its spinning workers compete with the server for the cores)")
+    parser.add_argument("--prompt-threads", type=int, default=None,
+                        help="PyTorch CPU threads while prompts are read, a batch of whole prompts at a time "
+                             "(default: every core of this machine)")
     parser.add_argument("--optimize", choices=list(OPTIMIZE), default="none",
                         help="convert the model for inference (see `wavslm generate --help`; default: none)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -51,14 +55,15 @@ def run(args: argparse.Namespace) -> None:
                     args.idle_timeout, args.session_timeout)
     if min(limits.as_dict().values()) <= 0:
         raise InputError("every --max-* and --*-timeout value must be positive")
-    if args.threads < 1:
-        raise InputError("--threads must be at least 1")
+    prompt_threads = args.prompt_threads if args.prompt_threads is not None else os.cpu_count() or 1
+    if args.threads < 1 or prompt_threads < 1:
+        raise InputError("--threads and --prompt-threads must be at least 1")
     torch.set_num_threads(args.threads)
     lm = load_lm(args.model, getattr(args, "device", "cpu"), args.optimize)
     name = Path(args.model).name if args.model else "bundled tiny"
     print(f"wavslm serve: {name} on http://{args.host}:{args.port}/ (API: /openapi.json)", flush=True)
     # Frames above the upload limit are refused by uvicorn itself (close 1009) before reaching us.
-    uvicorn.run(create_app(lm, limits, name), host=args.host, port=args.port, log_level=args.log_level,
+    uvicorn.run(create_app(lm, limits, name, prompt_threads), host=args.host, port=args.port, log_level=args.log_level,
                 ws_max_size=limits.max_upload_bytes + 65536)
 
 

@@ -22,6 +22,7 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -175,8 +176,11 @@ def _finish(audio: np.ndarray, sr: int, limits: Limits) -> tuple[torch.Tensor, i
 class Engine:
     """The shared model, the thread that runs it, the batch of generating sessions, and the session count."""
 
-    def __init__(self, lm: WavSLM, limits: Limits, name: str = "model"):
+    def __init__(self, lm: WavSLM, limits: Limits, name: str = "model", prompt_threads: int | None = None):
         codec = lm.require_codec()
+        # Torch threads while prompts are read (a batch of whole prompts: more cores pay); steps keep the
+        # process's setting (one 80 ms chunk per session: spinning workers would cost more than they give).
+        self.prompt_threads = prompt_threads
         self.lm, self.limits, self.name = lm, limits, name
         self.sample_rate_input = codec.sample_rate_input
         self.sample_rate_output = codec.sample_rate_output
@@ -248,7 +252,8 @@ class Engine:
             queued, self._opening = self._opening, []
         queued = [(request, future) for request, future in queued if not future.cancelled()]
         try:
-            outcomes = self._open_all([request for request, _ in queued])
+            with _torch_threads(self.prompt_threads):
+                outcomes = self._open_all([request for request, _ in queued])
         except Exception as error:  # every request of the batch hears of it; the server keeps serving
             outcomes = [error] * len(queued)
         for (_, future), outcome in zip(queued, outcomes, strict=True):
@@ -408,6 +413,19 @@ class Generation:
             "seed": self.seed,
             "cancelled": cancelled,
         }
+
+
+@contextmanager
+def _torch_threads(count: int | None):
+    """PyTorch's intra-op threads set to `count` (None: unchanged) for the block."""
+    before = torch.get_num_threads()
+    if count is not None and count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _settle(future: asyncio.Future, outcome: object) -> None:
