@@ -28,7 +28,7 @@ test-all: $(STAMP)
 test-e2e: $(STAMP)
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| { echo "test-e2e needs Chromium: apt-get install -y chromium"; exit 1; }
-	$(BIN)/python -m pytest -q -m e2e tests/e2e
+	$(BIN)/python -m pytest -q -m e2e tests/serve/e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check wavslm tests bench

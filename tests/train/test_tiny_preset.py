@@ -1,4 +1,4 @@
-"""configs/tiny.yaml at its real sizes: every stage runs a few steps on real speech, chained as the recipe
+"""The tiny preset (wavslm/configs/tiny.yaml) at its real sizes: every stage runs a few steps on real speech, chained as the recipe
 chains them (ssl -> the six codec sub-stages -> tokenize -> lm), and each one's loss falls."""
 
 import json
