@@ -132,10 +132,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     report = run_demo(args.output, args.model, args.seconds, args.seed, device=args.device)
     for name, r in report["prompts"].items():
+        scores = "" if r["dnsmos"] is None else f", DNSMOS {r['dnsmos']['ovrl']:.2f}"
+        if r["speaker_similarity_prompt_continuation"] is not None:
+            scores += f", speaker similarity {r['speaker_similarity_prompt_continuation']:.2f}"
         print(f"{name}: {r['prompt_seconds']:.1f} s prompt -> {r['continuation_seconds']:.1f} s continuation, "
-              f"real-time factor {r['real_time_factor']:.2f}, first audio after {r['first_audio_ms']:.0f} ms, "
-              f"DNSMOS {r['dnsmos']['ovrl']:.2f}, speaker similarity {r['speaker_similarity_prompt_continuation']:.2f}")
+              f"real-time factor {r['real_time_factor']:.2f}, first audio after {r['first_audio_ms']:.0f} ms{scores}")
     print(f"wrote {args.output.resolve()}/: listen to */prompt_continuation.wav, look at */*.png, read report.md")
+    if "left_out" in report:
+        print(f"left out: {report['left_out']}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

@@ -5,9 +5,11 @@ it writes into `OUT/<prompt>/`: `prompt.wav`, `continuation.wav` (written 80 ms 
 generated), `prompt_continuation.wav`, a spectrogram image of each, and in `OUT/`: `report.json` and
 `report.md` (durations, real-time factor, time to first audio, DNSMOS, speaker similarity prompt vs
 continuation). Everything is written to a hidden temporary folder beside `OUT` and moved into place at
-the end.
+the end. The images and the two scores need the `eval` extra; without it the demo writes the audio and
+the timings and says what it left out.
 """
 
+import importlib.util
 import json
 import logging
 import os
@@ -19,12 +21,15 @@ import torch
 
 from .audio import WavStreamWriter, load_audio, resample, save_audio
 from .errors import InputError
+from .eval.metrics import dnsmos, speaker_similarity
 from .generation import generate_steps, prompt_tokens
 from .io import write_folder
 from .pretrained import PROMPTS, load_lm
 
 log = logging.getLogger("wavslm.demo")
 
+# What the demo shows only with the `eval` extra installed: module -> what it gives.
+WITH_EVAL_EXTRA = {"matplotlib": "spectrogram images", "speechmos": "DNSMOS", "resemblyzer": "speaker similarity"}
 DEMO_PROMPTS = {  # name -> (file, what it is)
     "synthetic": ("synthetic.wav", "synthetic speech (espeak-ng) in a voice held out from the training corpus"),
     "real": ("real.wav", "a real LibriSpeech dev-clean utterance (speaker 84), CC BY 4.0"),
@@ -80,12 +85,14 @@ def continue_prompt(lm, sig: torch.Tensor, sample_rate: int, out: Path, seconds:
 
 def run_demo(out_dir: str | os.PathLike = "demo_out", model: str | None = None, seconds: float = 5.0,
              seed: int = 0, top_p: float = 0.8, temp: float = 0.9, device: str = "cpu") -> dict:
-    from .eval.metrics import dnsmos, speaker_similarity
-
     lm = load_lm(model, device)
     rate = lm.codec.sample_rate_output
+    missing = {module: what for module, what in WITH_EVAL_EXTRA.items() if importlib.util.find_spec(module) is None}
     report = {"model": model or "bundled (wavslm/assets/tiny/lm)", "seed": seed, "top_p": top_p, "temp": temp,
               "sample_rate": rate, "prompts": {}}
+    if missing:
+        report["left_out"] = f"{', '.join(missing.values())}: install the eval extra, pip install 'wavslm[eval]'"
+        log.warning("the demo leaves out %s", report["left_out"])
     with write_folder(out_dir) as tmp:
         for name, (filename, what) in DEMO_PROMPTS.items():
             path = PROMPTS / filename
@@ -102,11 +109,13 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", model: str | None = None, 
             save_audio(folder / "prompt_continuation.wav", full[None], rate)
             for stem, audio, title in (("prompt", prompt, f"{name} prompt"), ("continuation", cont, "continuation"),
                                        ("prompt_continuation", full, "prompt | continuation")):
-                spectrogram_png(folder / f"{stem}.png", audio, rate, title)
-            quality = dnsmos(cont, rate)
+                if "matplotlib" not in missing:
+                    spectrogram_png(folder / f"{stem}.png", audio, rate, title)
             report["prompts"][name] = {
                 "what": what, "prompt_seconds": len(prompt) / rate, **result,
-                "dnsmos": quality, "speaker_similarity_prompt_continuation": speaker_similarity(prompt, cont, rate),
+                "dnsmos": None if "speechmos" in missing else dnsmos(cont, rate),
+                "speaker_similarity_prompt_continuation":
+                    None if "resemblyzer" in missing else speaker_similarity(prompt, cont, rate),
             }
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(_markdown(report))
@@ -120,8 +129,17 @@ def _markdown(report: dict) -> str:
              "speaker similarity |", "|---|---|---|---|---|---|---|"]
     for name, r in report["prompts"].items():
         lines.append(f"| {name} | {r['prompt_seconds']:.2f} | {r['continuation_seconds']:.2f} | "
-                     f"{r['real_time_factor']:.3f} | {r['first_audio_ms']:.0f} | {r['dnsmos']['ovrl']:.2f} | "
-                     f"{r['speaker_similarity_prompt_continuation']:.3f} |")
+                     f"{r['real_time_factor']:.3f} | {r['first_audio_ms']:.0f} | {_score(r['dnsmos'], 'ovrl')} | "
+                     f"{_score(r['speaker_similarity_prompt_continuation'])} |")
     lines.append("\nListen: `<prompt>/prompt_continuation.wav` (the prompt, then the model's continuation); "
                  "look: `<prompt>/*.png`.\n")
+    if "left_out" in report:
+        lines.append(f"Left out: {report['left_out']}.\n")
     return "\n".join(lines)
+
+
+def _score(value: dict | float | None, key: str | None = None) -> str:
+    """A score for the report, or a dash when the eval extra that computes it is not installed."""
+    if value is None:
+        return "—"
+    return f"{value[key] if key else value:.2f}"
