@@ -137,7 +137,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
             scores += f", speaker similarity {r['speaker_similarity_prompt_continuation']:.2f}"
         print(f"{name}: {r['prompt_seconds']:.1f} s prompt -> {r['continuation_seconds']:.1f} s continuation, "
               f"real-time factor {r['real_time_factor']:.2f}, first audio after {r['first_audio_ms']:.0f} ms{scores}")
-    print(f"wrote {args.output.resolve()}/: listen to */prompt_continuation.wav, look at */*.png, read report.md")
+    look = "" if "left_out" in report else ", look at */*.png"
+    print(f"wrote {args.output.resolve()}/: listen to */prompt_continuation.wav{look}, read report.md")
     if "left_out" in report:
         print(f"left out: {report['left_out']}")
 
