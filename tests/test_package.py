@@ -127,3 +127,21 @@ def test_the_wheel_ships_the_bundled_model_prompts_and_presets_and_runs_from_ano
                               "print(preset_path('paper_4k'))"], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert presets.returncode == 0, presets.stderr[-2000:]
     assert Path(presets.stdout.strip()).is_relative_to(target)
+
+
+def test_the_server_imports_point_one_way_and_only_the_web_layer_knows_fastapi():
+    known = _modules()
+    order = ["wavslm.serve.limits", "wavslm.serve.engine", "wavslm.serve.ws", "wavslm.serve.app",
+             "wavslm.serve.command"]
+    # The web layer may import the web framework; the command runs it under uvicorn; nothing else may.
+    allowed = {"wavslm.serve.ws": {"fastapi", "starlette"}, "wavslm.serve.app": {"fastapi", "starlette"},
+               "wavslm.serve.command": {"uvicorn"}}
+    for module in order:
+        tree = ast.parse(known[module].read_text())
+        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        siblings = set().union(*(_imported(module, known[module], n, known) for n in imports)) & set(order)
+        assert all(order.index(s) < order.index(module) for s in siblings), (module, siblings)
+        outside = {a.name.split(".")[0] for n in imports if isinstance(n, ast.Import) for a in n.names}
+        outside |= {(n.module or "").split(".")[0] for n in imports if isinstance(n, ast.ImportFrom) and not n.level}
+        web = outside & {"fastapi", "starlette", "uvicorn"}
+        assert web <= allowed.get(module, set()), (module, web)

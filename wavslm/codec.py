@@ -359,6 +359,14 @@ class CodecStream:
         taken = {name: map_state(lambda t: t[index], getattr(self, name)) for name in parts}
         return replace(self, batch_size=len(index), _pending=None, **{**dict.fromkeys(self.PARTS), **taken})
 
+    def adopt(self, other: "CodecStream", parts: tuple[str, ...] = SYNTHESIS) -> None:
+        """Continue `other`'s state (same batch size) in the verbs whose `parts` it takes; the others keep
+        their own."""
+        if other.batch_size != self.batch_size:
+            raise InputError(f"cannot adopt a stream of batch size {other.batch_size} into one of {self.batch_size}")
+        for name in parts:
+            setattr(self, name, getattr(other, name))
+
     def split(self) -> "list[CodecStream]":
         """One session per row, each continuing its row of this one (the inverse of `stack`)."""
         return [self.rows([b]) for b in range(self.batch_size)]

@@ -51,20 +51,19 @@ class LiveBatch:
     @torch.inference_mode()
     def join(self, lives: Sequence[LiveSession]) -> None:
         """Take fed, single-row sessions of this batch's model in (their state is copied in once)."""
+        if any(live.lm is not self.lm for live in lives):
+            raise InputError("a LiveBatch takes fed single-row sessions of its own model")
         for live in lives:
-            live._check_usable()
-            if live.lm is not self.lm or live.batch_size != 1 or live.feats is None:
-                raise InputError("a LiveBatch takes fed single-row sessions of its own model")
+            live.check_usable()
         if not lives:
             return
         self._read()
         C, W = self._sizes
-        ours = [self] if self.members else []
-        self.stream = CodecStream.stack([s.stream for s in ours + list(lives)], CodecStream.SYNTHESIS)
-        self.state = TransformerState.align([s.state for s in ours + list(lives)], C, W)
-        self.feats = torch.cat([s.feats[:, -C:] for s in ours + list(lives)])
-        for live in lives:
-            live.batch, live.state, live.feats = self, None, None
+        handed = [live.hand_over(self) for live in lives]
+        ours = [(self.stream, self.state, self.feats)] if self.members else []
+        self.stream = CodecStream.stack([stream for stream, _, _ in ours + handed], CodecStream.SYNTHESIS)
+        self.state = TransformerState.align([state for _, state, _ in ours + handed], C, W)
+        self.feats = torch.cat([feats[:, -C:] for _, _, feats in ours + handed])
         self.members += lives
 
     @torch.inference_mode()
@@ -77,11 +76,11 @@ class LiveBatch:
         self._read()
         C, W = self._sizes
         for live, row in zip(lives, rows, strict=True):
-            live.batch = None
             if keep_state:
-                own = self.stream.rows([row], CodecStream.SYNTHESIS)
-                live.stream._decompressor, live.stream._decoder = own._decompressor, own._decoder
-                live.state, live.feats = self.state.row(row, C, W), self.feats[row : row + 1].clone()
+                live.resume(self.stream.rows([row], CodecStream.SYNTHESIS), self.state.row(row, C, W),
+                            self.feats[row : row + 1].clone())
+            else:
+                live.drop_state()
         stay = [r for r in range(len(self.members)) if r not in rows]
         self.members = [self.members[r] for r in stay]
         if not stay:
@@ -127,8 +126,9 @@ def open_sessions(lm: "WavSLM", rows: list[Tensor], samplings: list[Sampling],
         stream = lm.require_codec().streaming(batch_size=len(index))
         feats, state = read_tokens(lm, stream, torch.stack([rows[i] for i in index]).to(device))
         for row, i in enumerate(index):
-            own = stream.rows([row])
-            sessions[i].stream._decompressor, sessions[i].stream._decoder = own._decompressor, own._decoder
-            sessions[i].state = state.row(row, C, W) if len(index) > 1 else state
-            sessions[i].feats = feats[row : row + 1, -C:].clone() if len(index) > 1 else feats
+            if len(index) == 1:
+                sessions[i].resume(stream, state, feats)
+            else:
+                sessions[i].resume(stream.rows([row], CodecStream.SYNTHESIS), state.row(row, C, W),
+                                   feats[row : row + 1, -C:].clone())
     return sessions

@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..codec import CodecStream
 from ..errors import InputError
+from ..modules.transformer import TransformerState
 from .loops import decode_then_read, next_chunk
 from .prompts import read_tokens
 from .sampling import Sampling, row_generators
@@ -56,18 +58,41 @@ class LiveSession:
         self.stream.reset()
         self.feats = self.state = None
 
-    def _check_usable(self) -> None:
+    def check_usable(self) -> None:
+        """Raise, in one sentence, if the session cannot be fed or continued now."""
         if self.batch is not None:
             raise InputError("this live session is stepping in a LiveBatch; take it out with leave() first")
         if self.interrupted:
-            raise InputError("this live session's last generate was stopped mid-step; open a new session")
+            raise InputError("this live session's state is gone (its last generate was stopped mid-step, or its batch "
+                             "let it go without it); open a new session")
+
+    def resume(self, synthesis: "CodecStream", state: TransformerState, feats: Tensor) -> None:
+        """Take up generation state that was carried elsewhere (a `LiveBatch` row, a batched prompt read):
+        the decompressor and decoder streams of `synthesis`, the LM's `state` and its last features."""
+        self.stream.adopt(synthesis)
+        self.state, self.feats, self.batch = state, feats, None
+
+    def drop_state(self) -> None:
+        """Forget the generation state (its batch let it go without it): the session can only be closed."""
+        self.state, self.feats, self.batch = None, None, None
+        self.interrupted = True
+
+    def hand_over(self, batch: "LiveBatch") -> tuple[CodecStream, TransformerState, Tensor]:
+        """Give this session's generation state to `batch`, which steps it from now on: returns the stream,
+        the LM's state and its last features (the session keeps its own encoder stream)."""
+        self.check_usable()
+        if self.feats is None or self.batch_size != 1:
+            raise InputError("a LiveBatch takes fed single-row sessions of its own model")
+        handed = (self.stream, self.state, self.feats)
+        self.batch, self.state, self.feats = batch, None, None
+        return handed
 
     @torch.inference_mode()
     def feed(self, sig: Tensor) -> Tensor:
         """Append prompt audio `sig (B, n)` at the codec's input rate; returns the tokens of the chunks it
         completed `(B, 4k)`, which the LM has already read. (Feeding after `generate` continues the
         conversation: the LM hears the new audio after its own continuation.)"""
-        self._check_usable()
+        self.check_usable()
         toks = self.stream.encode(sig)
         if toks.shape[1]:
             self.feats, self.state = read_tokens(self.lm, self.stream, toks, self.state)
@@ -79,14 +104,14 @@ class LiveSession:
         through the decoder's stream and read by the LM, as `feed` does with the tokens it encodes."""
         if toks.shape[-1] % self.lm.toks_per_step:
             raise InputError(f"feed whole chunks of {self.lm.toks_per_step} tokens, got {toks.shape[-1]}")
-        self._check_usable()
+        self.check_usable()
         self.feats, self.state = read_tokens(self.lm, self.stream, toks, self.state)
 
     @torch.inference_mode()
     def generate(self, steps: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Continue what was fed for `steps` steps of 4 tokens: yields `(toks (B, 4), audio (B, 4 * hop))`.
         Calling it again continues the continuation."""
-        self._check_usable()
+        self.check_usable()
         if self.feats is None:
             raise InputError(f"feed at least one whole chunk of prompt audio ({self.codec.chunk_size} samples at "
                              f"{self.codec.sample_rate_input} Hz) before generating")
