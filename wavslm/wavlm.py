@@ -16,6 +16,7 @@ from . import hub
 from .errors import InputError
 from .modules.linear import Linear
 from .modules.transformer import TransformerEncoder, TransformerState
+from .modules.tuning import CHANNELS_LAST_FRONT_END
 
 
 @dataclass
@@ -88,16 +89,23 @@ class ConvBlock(nn.Module):
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        x = x.transpose(1, 2)
+        """`x (B, N, C_in) -> (B, N', C_out)`; causal: `context` is the last `kernel_size - 1` inputs
+        `(B, K - 1, C_in)` of the previous call (returned for the next)."""
         K = self.kernel_size
         if self.causal:
-            left = x[:, :, :1].expand(-1, -1, K - 1) if context is None else context
-            x = torch.cat([left, x], dim=-1)
-            context = x[:, :, x.shape[-1] - (K - 1) :]
-        elif x.shape[-1] < K:
-            x = F.pad(x, (0, K - x.shape[-1]))
-        y = self.norm(self.dropout(self.conv(x)).transpose(1, 2))
-        return F.gelu(y), context
+            left = x[:, :1].expand(-1, K - 1, -1) if context is None else context
+            x = torch.cat([left, x], dim=1)
+            context = x[:, x.shape[1] - (K - 1) :]
+        elif x.shape[1] < K:
+            x = F.pad(x, (0, 0, 0, K - x.shape[1]))
+        if CHANNELS_LAST_FRONT_END.admits(0, x):
+            # `(B, N, C)` is the channels-last layout of `(B, C, 1, N)`: no transposed copy in or out.
+            y = F.conv2d(x.transpose(1, 2).unsqueeze(2), self.conv.weight.unsqueeze(2), self.conv.bias,
+                         (1, self.conv.stride[0]))
+            y = y.squeeze(2).transpose(1, 2)
+        else:
+            y = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(self.norm(self.dropout(y))), context
 
 
 class FeatureExtractor(nn.Module):
