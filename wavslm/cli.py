@@ -34,25 +34,10 @@ def _progress(total: int, desc: str, unit: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, delay=1.0, leave=False, disable=None)
 
 
-def _encode(codec, sig: torch.Tensor) -> torch.Tensor:
-    """Tokens of `sig (C, N)` at the codec's input rate; long causal inputs go through the stream with a bar."""
-    if not codec.causal or sig.shape[1] <= 10 * codec.sample_rate_input:
-        return codec.encode(sig)
-    step = codec.chunk_size * 125  # 10 s
-    parts = []
-    with codec.streaming(batch_size=sig.shape[0]) as stream, _progress(sig.shape[1], "encode", "sample") as bar:
-        usable = sig.shape[1] - sig.shape[1] % codec.chunk_size
-        for start in range(0, usable, step):
-            piece = sig[:, start : min(start + step, usable)]
-            parts.append(stream.encode(piece))
-            bar.update(piece.shape[1])
-    return torch.cat(parts, dim=1)
-
-
 def cmd_encode(args: argparse.Namespace) -> None:
     codec = load_codec(args.codec, args.device)
     sig, _ = load_audio(args.input, sample_rate=codec.sample_rate_input)
-    toks = _encode(codec, sig.to(args.device))
+    toks = codec.encode(sig.to(args.device))  # long inputs in pieces, memory linear
     write_npy(args.output, toks.cpu().numpy().astype(np.int64))
     print(f"{args.output}: {toks.shape[1]} tokens x {toks.shape[0]} channel(s) at {codec.frame_rate:g} tokens/s")
 
@@ -82,7 +67,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 def cmd_resynth(args: argparse.Namespace) -> None:
     codec = load_codec(args.codec, args.device)
     sig, _ = load_audio(args.input, sample_rate=codec.sample_rate_input)
-    rec = codec.decode(_encode(codec, sig.to(args.device)))
+    rec = codec.decode(codec.encode(sig.to(args.device)))
     save_audio(args.output, rec.cpu(), codec.sample_rate_output)
     print(f"{args.output}: {rec.shape[1] / codec.sample_rate_output:.2f} s at {codec.sample_rate_output} Hz")
 

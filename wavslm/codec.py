@@ -28,6 +28,9 @@ from .modules.vocos import Vocos, VocosConfig
 from .modules.wavenext import WaveNeXt, WaveNeXtConfig
 from .wavlm import WavLM, WavLMConfig
 
+# Long inputs to a causal codec go through it in pieces of this many chunks (30 s at 80 ms a chunk).
+PIECE_CHUNKS = 375
+
 _PARTS: dict[str, dict[str, Callable[[dict], nn.Module]]] = {
     "encoder": {"WavLM": lambda c: WavLM(from_dict(WavLMConfig, c, "encoder_config"))},
     "compressor": {"FocalEncoder": FocalCompressor.from_config},
@@ -127,11 +130,23 @@ class Codec(nn.Module):
 
     @torch.no_grad()
     def encode(self, sig: Tensor) -> Tensor:
-        """`sig (B, N)` (or `(N,)`) float at `sample_rate_input` -> `toks (B, T)` int64."""
-        sig = self._check_sig(sig, self.chunk_size)
-        feats, _ = self.encoder(sig.to(self._device()))
-        lats, _ = self.compressor(feats)
-        return self.quantizer.lats_to_toks(lats)
+        """`sig (B, N)` (or `(N,)`) float at `sample_rate_input` -> `toks (B, T)` int64.
+
+        A causal codec encodes a long input in pieces of `PIECE_CHUNKS` chunks, carrying its modules'
+        state (the last piece holds what remains): the one-pass result, with memory linear in the length.
+        """
+        sig = self._check_sig(sig, self.chunk_size).to(self._device())
+        step = self.chunk_size * PIECE_CHUNKS
+        if not self.causal or sig.shape[1] <= step:
+            feats, _ = self.encoder(sig)
+            lats, _ = self.compressor(feats)
+            return self.quantizer.lats_to_toks(lats)
+        toks, encoder, compressor = [], None, None
+        for start in range(0, sig.shape[1], step):
+            feats, encoder = self.encoder(sig[:, start : start + step], encoder)
+            lats, compressor = self.compressor(feats, compressor)
+            toks.append(self.quantizer.lats_to_toks(lats))
+        return torch.cat(toks, dim=1)
 
     @torch.no_grad()
     def dequantize(self, toks: Tensor) -> Tensor:
@@ -152,8 +167,19 @@ class Codec(nn.Module):
         return sig
 
     def decode(self, toks: Tensor, matching_set: Tensor | None = None, topk: int = 4) -> Tensor:
-        """`toks (B, T) -> sig (B, N')` at `sample_rate_output` (optionally in a target voice, see `synthesize`)."""
-        return self.synthesize(self.dequantize(toks), matching_set, topk)
+        """`toks (B, T) -> sig (B, N')` at `sample_rate_output` (optionally in a target voice, see `synthesize`).
+
+        A causal codec decodes a long token sequence through its stream in pieces of `PIECE_CHUNKS` chunks,
+        so memory stays linear in the length.
+        """
+        C = self.chunk_size // self.encoder.config.hop_length
+        step = C * PIECE_CHUNKS
+        toks = self._check_toks(toks)
+        if not self.causal or toks.shape[1] <= step:
+            return self.synthesize(self.dequantize(toks), matching_set, topk)
+        with self.streaming(toks.shape[0], matching_set, topk) as stream:
+            return torch.cat([stream.decode(toks[:, start : start + step]) for start in range(0, toks.shape[1], step)],
+                             dim=1)
 
     @torch.no_grad()
     def matching_set(self, sigs: list[Tensor]) -> Tensor:

@@ -123,7 +123,8 @@ class WavSLM(nn.Module):
         C = self.toks_per_step
         if toks.ndim != 2 or toks.shape[1] <= C:
             raise InputError(f"score needs token sequences (B, T) longer than {C} tokens, got {tuple(toks.shape)}")
-        logits, _ = self(self.require_codec().dequantize(toks), use_cache=False)
+        # With a cache, long sequences are read in pieces (memory linear in the length; the same logits).
+        logits, _ = self(self.require_codec().dequantize(toks), use_cache=True)
         return next_chunk_nll(logits, toks, C, reduction)
 
     # ---- generation (the loops live in the generation package) -----------------------------------

@@ -86,7 +86,7 @@ def batch_nll(lm: WavSLM, rows: Sequence[Tensor], reduction: str = "mean") -> Te
     pad = torch.tensor([L - n for n in lengths], device=device)
     x = torch.cat([F.pad(q, (0, 0, L - q.shape[1], 0)) for q in qfeats])  # (B, L, D), left-padded
     toks = torch.stack([F.pad(r.to(device), (L - len(r), 0)) for r in rows])  # (B, L)
-    feats, _ = lm.encoder(x, use_cache=False, valid_from=pad)
+    feats, _ = lm.encoder(x, valid_from=pad)  # with a cache: a long clip is read in pieces, memory linear
     logits = lm.logits(feats)  # (B, L, V)
     nll = F.cross_entropy(logits[:, :-C].flatten(0, 1).float(), toks[:, C:].flatten(), reduction="none")
     nll = nll.view(len(rows), L - C)

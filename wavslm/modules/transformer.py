@@ -212,6 +212,13 @@ class TransformerEncoder(nn.Module):
         if final_norm:
             self.norm = nn.LayerNorm(dim)
 
+    @property
+    def piece_size(self) -> int:
+        """Frames read per call when a long input is read with a cache: whole chunks, at least the window
+        and 64 frames."""
+        C = self.chunk_size
+        return -(-max(self.window_size, 64) // C) * C
+
     def forward(
         self,
         x: Tensor,
@@ -228,8 +235,18 @@ class TransformerEncoder(nn.Module):
         `use_cache=False` skips building a key/value cache (training); the returned state is then None.
         If `hidden` is a list, every layer's input and the last layer's output (before the final norm)
         are appended to it, as Hugging Face's `hidden_states`.
+
+        A causal stack with a cache reads a long input in pieces of `piece_size` frames (whole chunks,
+        at least the window): each query sees at most the window anyway, so memory stays linear in the
+        length and the result is the one-pass result.
         """
         B, T, _ = x.shape
+        if self.causal and use_cache and hidden is None and T > self.piece_size:
+            outs = []
+            for start in range(0, T, self.piece_size):
+                y, state = self(x[:, start : start + self.piece_size], state, valid_from=valid_from if start == 0 else None)
+                outs.append(y)
+            return torch.cat(outs, dim=1), state
         if not self.causal and state is not None:
             raise ValueError("a bidirectional transformer has no streaming state")
         x = x.to(self.layers[0].attention_norm.weight.dtype)  # float32 features into a bfloat16 stack
