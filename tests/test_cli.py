@@ -99,3 +99,69 @@ def test_errors_are_one_line_and_exit_2(args, message, models, clip, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"wavslm {args[0]}: error: ") and message in lines[0], result.stderr
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "x.npy").exists()
+
+
+# ---- what a careless user types: refused before any work, in one sentence, nothing lost -------------
+
+
+def _refused(capsys, argv, message):
+    from wavslm.cli import main
+
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_outputs_never_replace_inputs(models, clip, tmp_path, capsys):
+    lm, codec = models
+    prompt = tmp_path / "prompt.wav"
+    prompt.write_bytes(clip.read_bytes())
+    before = prompt.read_bytes()
+    _refused(capsys, ["generate", prompt, "-o", prompt, "--model", lm], "is the input file")
+    _refused(capsys, ["generate", prompt, "-o", tmp_path / "." / "prompt.wav", "--model", lm], "is the input file")
+    _refused(capsys, ["resynth", prompt, "-o", prompt, "--codec", codec], "is the input file")
+    _refused(capsys, ["manifest", tmp_path, "-o", prompt], "has an audio file's name")
+    assert prompt.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["prompt.wav"]
+    _refused(capsys, ["encode", tmp_path, "-o", tmp_path / "t.npy", "--codec", codec], "is a folder, not a file")
+    _refused(capsys, ["encode", prompt, "-o", tmp_path, "--codec", codec], "is a folder; give a file name")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seconds", "nan"], "--seconds must be a positive number"),
+    (["--seconds", "inf"], "--seconds must be a positive number"),
+    (["--seconds", "-1"], "--seconds must be a positive number"),
+    (["--seconds", "0"], "--seconds must be a positive number"),
+    (["--seconds", "100", "--num", "40"], "at most 3600 s per run"),
+    (["--seed", str(2**63)], "--seed must be in [0, 2^63)"),
+    (["--temp", "nan"], "--temp must be a positive number"),
+    (["--top-p", "0.5", "--top-k", "3"], "give --top-p or --top-k, not both"),
+])
+def test_generate_values_are_checked_before_any_work(models, clip, tmp_path, capsys, flags, message):
+    _refused(capsys, ["generate", clip, "-o", tmp_path / "g.wav", "--model", models[0], *flags], message)
+    assert not any(tmp_path.iterdir())
+
+
+def test_token_files_that_cannot_be_decoded_are_refused(models, tmp_path, capsys):
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    _refused(capsys, ["decode", empty, "-o", tmp_path / "d.wav", "--codec", models[1]], "not a .npy array")
+    np.save(tmp_path / "wide.npy", np.zeros((5000, 8), dtype=np.int64))
+    _refused(capsys, ["decode", tmp_path / "wide.npy", "-o", tmp_path / "d.wav", "--codec", models[1]],
+             "at most 16 are decoded at once")
+    assert not (tmp_path / "d.wav").exists()
+
+
+def test_top_k_alone_is_taken_and_bad_api_values_get_one_sentence(models):
+    import torch
+
+    from wavslm import InputError, WavSLM
+
+    lm = WavSLM.from_pretrained(models[0])
+    prompt = torch.randint(0, 64, (1, 8))
+    _, toks = lm.generate(bos_toks=prompt, max_gen_toks=8, top_k=5, seed=0)
+    assert toks.shape == (1, 8)
+    for kwargs, message in (({"max_gen_secs": float("nan")}, "max_gen_secs must be a finite number"),
+                            ({"seed": 2**70}, "seed must be an integer"), ({"seed": "abc"}, "seed must be an integer"),
+                            ({"seed": 1.5}, "seed must be an integer"), ({"temp": float("inf")}, "temperature")):
+        with pytest.raises(InputError, match=message):
+            lm.generate(bos_toks=prompt, **{"max_gen_toks": 8, **kwargs} if "max_gen_secs" not in kwargs else kwargs)

@@ -5,6 +5,7 @@ Bad input (a missing file, unreadable audio, an unloadable model) prints one lin
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from .audio import WavStreamWriter, load_audio, save_audio
 from .errors import InputError
 from .generation import generate_steps, prompt_tokens
-from .io import write_json, write_npy
+from .io import AUDIO_EXTENSIONS, write_json, write_npy
 from .pretrained import BUNDLED_CODEC, OPTIMIZE, load_codec, load_lm
 from .serve import command as serve
 
@@ -42,15 +43,21 @@ def cmd_encode(args: argparse.Namespace) -> None:
     print(f"{args.output}: {toks.shape[1]} tokens x {toks.shape[0]} channel(s) at {codec.frame_rate:g} tokens/s")
 
 
+MAX_TOKEN_ROWS = 16  # channels of a token file `wavslm decode` takes (each is decoded to one audio channel)
+
+
 def _load_tokens(path: Path, vocab: int) -> torch.Tensor:
     if not path.is_file():
         raise InputError(f"token file '{path}' does not exist")
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
         raise InputError(f"cannot read tokens from '{path}': not a .npy array") from error
     if array.dtype.kind not in "iu" or array.ndim not in (1, 2) or array.size == 0:
         raise InputError(f"tokens in '{path}' must be a non-empty integer array (T,) or (C, T)")
+    if array.ndim == 2 and array.shape[0] > MAX_TOKEN_ROWS:
+        raise InputError(f"tokens in '{path}' have {array.shape[0]} rows (channels); at most {MAX_TOKEN_ROWS} are "
+                         f"decoded at once")
     if array.min() < 0 or array.max() >= vocab:
         raise InputError(f"tokens in '{path}' must lie in [0, {vocab}) for this codec")
     return torch.from_numpy(array.astype(np.int64)).reshape(-1, array.shape[-1])
@@ -72,18 +79,37 @@ def cmd_resynth(args: argparse.Namespace) -> None:
     print(f"{args.output}: {rec.shape[1] / codec.sample_rate_output:.2f} s at {codec.sample_rate_output} Hz")
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
-    if args.top_k is not None and args.top_p_given:
+# Limits of `wavslm generate` (the whole continuation is held in memory unless --stream).
+MAX_GENERATE_SECONDS = 3600.0  # seconds of audio per run, all --num continuations together
+
+
+def _check_generate(args: argparse.Namespace) -> None:
+    if args.top_k is not None and args.top_p is not None:
         raise InputError("give --top-p or --top-k, not both")
-    top_p = None if args.top_k is not None else args.top_p
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise InputError(f"--seconds must be a positive number of seconds, got {args.seconds}")
+    if args.seconds * args.num > MAX_GENERATE_SECONDS:
+        raise InputError(f"--seconds x --num asks for {args.seconds * args.num:g} s of audio; at most "
+                         f"{MAX_GENERATE_SECONDS:g} s per run")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise InputError(f"--seed must be in [0, 2^63), got {args.seed}")
+    if not (math.isfinite(args.temp) and args.temp > 0):
+        raise InputError(f"--temp must be a positive number, got {args.temp}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    _check_generate(args)
+    top_p = args.top_p
+    outputs = [args.output] if args.num == 1 else [
+        args.output.with_name(f"{args.output.stem}_{i}{args.output.suffix}") for i in range(args.num)
+    ]
+    for path in outputs:
+        _check_output(path, args.input)
     lm = load_lm(args.model, args.device, args.optimize)
     sig, sr = load_audio(args.input, mono=True)
     toks = prompt_tokens(lm, sig, sr, None) * args.num  # one encoding, N independent continuations
     steps = max(1, int(args.seconds * lm.codec.frame_rate) // lm.toks_per_step)
     rate = lm.codec.sample_rate_output
-    outputs = [args.output] if args.num == 1 else [
-        args.output.with_name(f"{args.output.stem}_{i}{args.output.suffix}") for i in range(args.num)
-    ]
     writers = WavStreamWriter(outputs, rate) if args.stream else None
     chunks, start, first = [], time.perf_counter(), None
     try:
@@ -174,6 +200,9 @@ def cmd_manifest(args: argparse.Namespace) -> None:
 
     if not args.input.is_dir():
         raise InputError(f"audio folder '{args.input}' does not exist")
+    _check_output(args.output)
+    if args.output.suffix.lower() in AUDIO_EXTENSIONS:
+        raise InputError(f"the manifest '{args.output}' has an audio file's name; manifests are .jsonl files")
     summary = build_manifest(args.input, args.output, min_duration=args.min_duration,
                              max_duration=args.max_duration, relative_paths=args.relative)
     print(summary.describe())
@@ -199,9 +228,26 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 
 def _existing_file(value: str) -> Path:
     path = Path(value)
+    if path.is_dir():
+        raise InputError(f"input '{value}' is a folder, not a file")
     if not path.is_file():
         raise InputError(f"input file '{value}' does not exist")
     return path
+
+
+def _check_output(output: Path, *inputs: str | Path) -> None:
+    """Refuse, before any work, an output that would replace an input or cannot be written."""
+    output = Path(output)
+    for given in inputs:
+        if Path(given).exists() and output.exists() and output.resolve() == Path(given).resolve():
+            raise InputError(f"the output '{output}' is the input file; choose another name")
+    if output.is_dir():
+        raise InputError(f"the output '{output}' is a folder; give a file name")
+    folder = output.parent
+    while not folder.exists():  # the folders still to create are made under the nearest existing one
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write '{output}': '{folder}' is not a writable folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="audio file for the continuation")
     p.add_argument("--model", help="WavSLM folder, .json or Hub id (default: the bundled model)")
     p.add_argument("--seconds", type=float, default=3.0, help="continuation length (default: 3)")
-    p.add_argument("--top-p", type=float, default=0.3, help="nucleus sampling mass; 0 is greedy (default: 0.3)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass; 0 is greedy (default: 0.3 unless --top-k)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens instead; 1 is greedy")
     p.add_argument("--temp", type=float, default=0.8, help="temperature (default: 0.8)")
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
@@ -338,14 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "generate":
-        args.top_p_given = any(a == "--top-p" or a.startswith("--top-p=") for a in argv)
-        if args.num < 1:
-            parser.error("--num must be at least 1")
+    if args.command == "generate" and args.num < 1:
+        parser.error("--num must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        if hasattr(args, "input") and args.command in ("encode", "resynth", "generate", "tokenize"):
+        if hasattr(args, "input") and args.command in ("encode", "resynth", "generate", "tokenize", "decode"):
             _existing_file(args.input)
+            if args.command in ("encode", "resynth", "decode"):  # generate checks each of its --num outputs
+                _check_output(args.output, args.input)
         args.func(args)
     except InputError as error:
         print(f"wavslm {args.command}: error: {error}", file=sys.stderr)

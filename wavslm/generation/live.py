@@ -30,7 +30,7 @@ class LiveSession:
     single-row session can also be stepped with others in a `LiveBatch`.
     """
 
-    def __init__(self, lm: "WavSLM", batch_size: int = 1, top_p: float | None = 0.3, top_k: int | None = None,
+    def __init__(self, lm: "WavSLM", batch_size: int = 1, top_p: float | None = None, top_k: int | None = None,
                  temp: float = 0.8, seed: int | None = None):
         self.sampling = Sampling(temp, top_p, top_k)
         self.lm, self.codec = lm, lm.require_codec()

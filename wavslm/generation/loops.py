@@ -6,6 +6,7 @@ streaming session turns tokens into features for the LM and into audio, carrying
 audio is final as soon as it is decoded.
 """
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,10 @@ def decode_then_read(lm: "WavSLM", stream: CodecStream, toks: Tensor, qfeats: Te
 def num_steps(lm: "WavSLM", prompt_len: int, max_gen_secs: float | None, max_gen_toks: int | None) -> int:
     if max_gen_secs is not None and max_gen_toks is not None:
         raise InputError("give max_gen_secs or max_gen_toks, not both")
+    if max_gen_secs is not None and not (isinstance(max_gen_secs, (int, float)) and math.isfinite(max_gen_secs)):
+        raise InputError(f"max_gen_secs must be a finite number of seconds, got {max_gen_secs!r}")
+    if max_gen_toks is not None and (not isinstance(max_gen_toks, int) or isinstance(max_gen_toks, bool)):
+        raise InputError(f"max_gen_toks must be an integer, got {max_gen_toks!r}")
     if max_gen_secs is not None:
         max_gen_toks = int(max_gen_secs * lm.codec.frame_rate)
     elif max_gen_toks is None:
@@ -55,7 +60,7 @@ def generate_steps(
     lm: "WavSLM",
     prompts: list[Tensor],
     steps: int,
-    top_p: float | None = 0.3,
+    top_p: float | None = None,
     top_k: int | None = None,
     temp: float = 0.8,
     seed: int | None = None,
@@ -93,7 +98,7 @@ def generate(
     bos_toks: Prompt | None = None,
     max_gen_secs: float | None = None,
     max_gen_toks: int | None = None,
-    top_p: float | None = 0.3,
+    top_p: float | None = None,
     top_k: int | None = None,
     temp: float = 0.8,
     seed: int | None = None,
@@ -119,7 +124,7 @@ def stream(
     bos_toks: Prompt | None = None,
     max_gen_secs: float | None = None,
     max_gen_toks: int | None = None,
-    top_p: float | None = 0.3,
+    top_p: float | None = None,
     top_k: int | None = None,
     temp: float = 0.8,
     seed: int | None = None,

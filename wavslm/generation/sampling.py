@@ -7,17 +7,22 @@ from torch import Tensor
 
 from ..errors import InputError
 
+DEFAULT_TOP_P = 0.3  # the nucleus when neither top_p nor top_k is given
+
 
 @dataclass(frozen=True)
 class Sampling:
-    """How a row's next tokens are drawn: temperature, then nucleus (`top_p`) or `top_k` (or neither)."""
+    """How a row's next tokens are drawn: temperature, then nucleus (`top_p`) or `top_k`. Neither given
+    means the nucleus `DEFAULT_TOP_P`; `top_p=1` samples from the whole distribution."""
 
     temp: float = 0.8
-    top_p: float | None = 0.3
+    top_p: float | None = None
     top_k: int | None = None
 
     def __post_init__(self) -> None:
         check_sampling(self.top_p, self.top_k, self.temp)
+        if self.top_p is None and self.top_k is None:
+            object.__setattr__(self, "top_p", DEFAULT_TOP_P)
 
 
 def check_sampling(top_p: float | None, top_k: int | None, temp: float) -> None:
@@ -28,8 +33,8 @@ def check_sampling(top_p: float | None, top_k: int | None, temp: float) -> None:
         raise InputError(f"top_p must be in [0, 1], got {top_p}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise InputError(f"top_k must be a positive integer, got {top_k}")
-    if not temp > 0.0:
-        raise InputError(f"temperature must be positive, got {temp}")
+    if not (isinstance(temp, (int, float)) and 0.0 < temp < float("inf")):
+        raise InputError(f"temperature must be a positive number, got {temp}")
 
 
 def sample_next_token(
@@ -73,6 +78,8 @@ def _most_likely(probs: Tensor, mass: float, first: int = 64) -> tuple[Tensor, T
 
 def row_generators(rows: int, seed: int | None, device: torch.device) -> list[torch.Generator | None]:
     """One generator per row, seeded `seed + row`: a row's continuation does not depend on its batch."""
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2**63 - rows):
+        raise InputError(f"seed must be an integer in [0, 2^63), got {seed!r}")
     return [None] * rows if seed is None else [torch.Generator(device=device).manual_seed(seed + b) for b in range(rows)]
 
 

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..audio import check_signal, resample
 from ..errors import InputError
 from ..generation import LiveBatch, LiveSession, Sampling, open_sessions, prompt_tokens
+from ..generation.sampling import DEFAULT_TOP_P
 from .limits import Limits
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 # Rates outside this range are either a corrupt header or nothing a microphone produces; soxr would
 # spend a long time (or fail) on absurd ratios.
 MIN_RATE, MAX_RATE = 4_000, 384_000
-DEFAULT_TOP_P = 0.3
 
 
 class ServeError(Exception):
@@ -74,9 +74,7 @@ class Settings(BaseModel):
 
     def sampling(self) -> Sampling:
         """The generation's sampling: top_p defaults to 0.3 unless top_k is given."""
-        if self.top_k is not None:
-            return Sampling(self.temperature, None, self.top_k)
-        return Sampling(self.temperature, DEFAULT_TOP_P if self.top_p is None else self.top_p, None)
+        return Sampling(self.temperature, self.top_p, self.top_k)
 
 
 class StartMessage(Settings):
