@@ -132,6 +132,10 @@ def test_a_folder_with_only_model_pt_loads_tensors_only_and_says_so_once(lm_copy
     torch.save({"head.weight": print}, lm_copy / "model.pt")
     with pytest.raises(InputError, match="model.pt' hold Python objects besides tensors; refusing to unpickle them"):
         WavSLM.from_pretrained(lm_copy)
+    for damaged in (b"", b"not a pickle at all"):  # empty or foreign: corrupt, not "Python objects"
+        (lm_copy / "model.pt").write_bytes(damaged)
+        with pytest.raises(InputError, match="model.pt': the file is corrupt or not a checkpoint"):
+            WavSLM.from_pretrained(lm_copy)
     (lm_copy / "model.pt").unlink()
     with pytest.raises(InputError, match="has no weights"):
         WavSLM.from_pretrained(lm_copy)

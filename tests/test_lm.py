@@ -171,7 +171,7 @@ def test_generation_lengths_and_prompt_alignment(lm, lm_dir):
         ({"bos_toks": torch.zeros(1, 8, dtype=torch.long), "max_gen_toks": 3}, "at least one step"),
         ({"bos_toks": torch.full((1, 8), 64)}, r"must lie in \[0, 64\)"),
         ({"bos_toks": torch.zeros(1, 8, dtype=torch.long), "top_p": 0.5, "top_k": 5}, "not both"),
-        ({"bos_toks": torch.zeros(1, 8, dtype=torch.long), "temp": 0.0}, "temperature must be positive"),
+        ({"bos_toks": torch.zeros(1, 8, dtype=torch.long), "temp": 0.0}, "temperature must be a positive number"),
         ({}, "exactly one prompt"),
         ({"bos_sig": torch.zeros(1, 16000)}, "sample_rate is required"),
     ],

@@ -141,12 +141,17 @@ def load_weights(path: Path) -> dict[str, Tensor]:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as error:
-                raise InputError(f"weights '{path}' hold Python objects besides tensors; refusing to unpickle them") from error
-            return state.get("model", state) if isinstance(state, dict) else state
+                if "weights only load failed" in str(error).lower():
+                    raise InputError(f"weights '{path}' hold Python objects besides tensors; refusing to unpickle "
+                                     "them") from error
+                raise InputError(f"cannot read weights '{path}': the file is corrupt or not a checkpoint") from error
+            if not isinstance(state, dict):
+                raise InputError(f"weights '{path}' hold a {type(state).__name__}, not a state dict of tensors")
+            return state.get("model", state)
         return load_file(path)
     except InputError:
         raise
-    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as error:
         raise InputError(f"cannot read weights '{path}': the file is corrupt or not a checkpoint") from error
 
 

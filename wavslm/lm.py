@@ -58,7 +58,18 @@ class WavSLM(nn.Module):
     def __init__(self, config: WavSLMConfig, codec: Codec | None = None):
         super().__init__()
         self.config = config
-        self.encoder = TransformerEncoder(
+        try:
+            self.encoder = self._stack(config)
+        except ValueError as error:  # sizes that cannot make a model, e.g. heads that do not divide the width
+            raise InputError(f"this WavSLM config cannot be built: {error}") from error
+        self.head = Linear(config.dim, config.vocab_size, bias=False)
+        self.codec = None
+        if codec is not None:
+            self.attach_codec(codec)
+
+    @staticmethod
+    def _stack(config: WavSLMConfig) -> TransformerEncoder:
+        return TransformerEncoder(
             num_layers=config.num_layers,
             dim=config.dim,
             ffn_dim=config.ffn_dim,
@@ -71,10 +82,6 @@ class WavSLM(nn.Module):
             chunk_size=config.chunk_size,
             final_norm=True,
         )
-        self.head = Linear(config.dim, config.vocab_size, bias=False)
-        self.codec = None
-        if codec is not None:
-            self.attach_codec(codec)
 
     def attach_codec(self, codec: Codec) -> None:
         """Use `codec` to turn tokens into features and back; it is frozen and never saved with the LM."""

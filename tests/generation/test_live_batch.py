@@ -92,3 +92,19 @@ def test_a_batch_refuses_what_it_cannot_take(lm):
         batch.leave([_session(lm, 8, 1)])
     live.close()  # a member that closes leaves the batch
     assert len(batch) == 0 and batch.step() == []
+
+
+def test_a_refused_join_leaves_every_session_as_it_was(lm):
+    fed, unfed = _session(lm, 8, 0), lm.live(1)
+    batch = LiveBatch(lm)
+    for lives in ([fed, unfed], [fed, fed]):
+        with pytest.raises(InputError):
+            batch.join(lives)
+    assert len(batch) == 0 and len(list(fed.generate(2))) == 2  # still its own
+
+
+def test_a_window_smaller_than_a_chunk_is_refused(lm):
+    from wavslm.lm import WavSLMConfig
+
+    with pytest.raises(InputError, match=r"window_size \(2\) must be at least the chunk size \(4\)"):
+        WavSLM(WavSLMConfig(vocab_size=64, num_layers=1, dim=32, ffn_dim=64, num_heads=2, window_size=2))

@@ -473,3 +473,49 @@ def test_prompts_are_read_with_the_prompt_threads_and_steps_with_the_process_set
 
     asyncio.run(scenario())
     assert seen[0] == want and set(seen[1:]) == {before} and before != want
+
+
+def test_a_failing_batched_step_ends_its_sessions_and_the_server_goes_on(lm, wav):
+    import asyncio
+
+    from wavslm.serve.engine import Settings, decode_file
+
+    engine = create_app(lm).state.engine
+    forward = lm.encoder.forward
+
+    def fails_in_batches(x, *args, **kwargs):  # a fault of the batched step only (as running out of memory)
+        if x.shape[0] > 1 and x.shape[1] == lm.toks_per_step:
+            raise RuntimeError("injected fault")
+        return forward(x, *args, **kwargs)
+
+    async def scenario():
+        sig, sr = decode_file(wav, engine.limits)
+        gate = threading.Event()
+        engine.model_thread.submit(gate.wait)
+        opening = [asyncio.ensure_future(engine.open(sig, sr, Settings(seconds=0.4, seed=s))) for s in (1, 2)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        gens = await asyncio.gather(*opening)
+
+        async def until_it_fails(gen):  # the first chunk is out before the LM reads it, then the read fails
+            while await asyncio.wait_for(engine.step(gen), 10) is not None:
+                pass
+
+        errors = await asyncio.gather(*(until_it_fails(gen) for gen in gens), return_exceptions=True)
+        for gen in gens:
+            await engine.call(engine.close, gen)
+        lm.encoder.forward = forward
+        alone = await engine.open(sig, sr, Settings(seconds=0.4, seed=3))
+        chunks = []
+        while (chunk := await asyncio.wait_for(engine.step(alone), 10)) is not None:
+            chunks.append(chunk)
+        await engine.call(engine.close, alone)
+        return errors, chunks
+
+    lm.encoder.forward = fails_in_batches
+    try:
+        errors, chunks = asyncio.run(scenario())
+    finally:
+        lm.encoder.forward = forward
+    assert all(isinstance(e, RuntimeError) and "injected fault" in str(e) for e in errors), errors
+    assert len(chunks) == 5 and len(engine.batch) == 0

@@ -176,3 +176,39 @@ def test_presets_resolve(preset):
             resolve_recipe(str(path), [])
         else:
             resolve(stage, path, [])
+
+
+def test_a_refused_resume_changes_nothing_and_damaged_checkpoints_fall_back(shards, tmp_path, caplog):
+    from wavslm import InputError
+
+    config = write_config(tmp_path / "c.yaml", lm_settings(shards, steps=6, save_every=2, valid_every=3))
+    run = tmp_path / "run"
+    train("lm", run, config)
+    saved = (run / "config.yaml").read_text()
+    # Settings the checkpoint does not fit: one sentence, and the run's config.yaml is left as it was.
+    with pytest.raises(InputError, match="does not fit the run's settings"):
+        train("lm", run, None, ["model.num_layers=3"], resume=True)
+    assert (run / "config.yaml").read_text() == saved
+    # A truncated last.pt: the newest intact checkpoint (best.pt) is taken, and the log keeps its steps only.
+    best_step = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["step"]
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    os.utime(run / "checkpoints" / "best.pt")  # newer than the damaged last.pt
+    with open(run / "log.jsonl", "a") as log:  # what a run killed after logging past its checkpoint leaves
+        log.write(json.dumps({"stage": "lm", "split": "train", "step": best_step + 1, "loss": 1.0}) + "\n")
+        log.write('{"stage": "lm", "split": "tr')
+    with caplog.at_level("WARNING", logger="wavslm.train"):
+        train("lm", run, None, ["train.steps=8"], resume=True)
+    assert any("resumed from best.pt" in r.getMessage() and "last.pt is damaged" in r.getMessage() for r in caplog.records)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == sorted(steps) == list(range(1, 9)), (best_step, steps)  # each step logged once
+    # Nothing intact, or nothing at all, is an error under --resume rather than a fresh start.
+    for name in ("last.pt", "best.pt"):
+        (run / "checkpoints" / name).write_bytes(b"")
+    with pytest.raises(InputError, match="every checkpoint .* is damaged"):
+        train("lm", run, None, resume=True)
+    for name in ("last.pt", "best.pt"):
+        (run / "checkpoints" / name).unlink()
+    with pytest.raises(InputError, match="holds no checkpoint"):
+        train("lm", run, None, resume=True)

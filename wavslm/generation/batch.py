@@ -51,10 +51,12 @@ class LiveBatch:
     @torch.inference_mode()
     def join(self, lives: Sequence[LiveSession]) -> None:
         """Take fed, single-row sessions of this batch's model in (their state is copied in once)."""
-        if any(live.lm is not self.lm for live in lives):
-            raise InputError("a LiveBatch takes fed single-row sessions of its own model")
-        for live in lives:
+        for live in lives:  # everything is checked before any session is taken in
             live.check_usable()
+            if live.lm is not self.lm or live.batch_size != 1 or live.feats is None:
+                raise InputError("a LiveBatch takes fed single-row sessions of its own model")
+        if len({id(live) for live in lives}) < len(lives):
+            raise InputError("a session can join a LiveBatch once")
         if not lives:
             return
         self._read()
@@ -73,7 +75,8 @@ class LiveBatch:
         if any(live not in self.members for live in lives):
             raise InputError("leave takes members of this batch")
         rows = [self.members.index(live) for live in lives]
-        self._read()
+        if keep_state or len(rows) < len(self.members):  # the LM state goes on: bring it up to date first
+            self._read()
         C, W = self._sizes
         for live, row in zip(lives, rows, strict=True):
             if keep_state:
@@ -84,7 +87,7 @@ class LiveBatch:
         stay = [r for r in range(len(self.members)) if r not in rows]
         self.members = [self.members[r] for r in stay]
         if not stay:
-            self.stream = self.state = self.feats = None
+            self.stream = self.state = self.feats = self._unread = None
             return
         self.stream = self.stream.rows(stay, CodecStream.SYNTHESIS)
         self.state, self.feats = self.state.rows(stay), self.feats[stay]
@@ -105,8 +108,8 @@ class LiveBatch:
 
     def _read(self) -> None:
         if self._unread is not None:
-            self.feats, self.state = self.lm.encoder(self._unread, self.state)
-            self._unread = None
+            unread, self._unread = self._unread, None  # a read that fails is not tried again
+            self.feats, self.state = self.lm.encoder(unread, self.state)
 
 
 @torch.inference_mode()

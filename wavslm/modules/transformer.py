@@ -198,6 +198,8 @@ class TransformerEncoder(nn.Module):
         final_norm: bool = False,
     ):
         super().__init__()
+        if causal and window_size < chunk_size:
+            raise ValueError(f"window_size ({window_size}) must be at least the chunk size ({chunk_size})")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.max_distance = max_distance

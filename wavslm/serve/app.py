@@ -145,12 +145,20 @@ async def _read_body(request: Request, limits: Limits, deadline: float) -> bytes
         check_upload_size(len(data), limits)
 
 
+async def _next_chunk(engine: Engine, gen, deadline: float):
+    """The generation's next chunk, or the session timeout when the deadline passes first."""
+    try:
+        return await asyncio.wait_for(engine.step(gen), max(0.0, deadline - asyncio.get_running_loop().time()))
+    except asyncio.TimeoutError as err:
+        raise timeout_error(engine.limits, idle=False) from err
+
+
 async def _generate_wav(request: Request, engine: Engine, body: bytes, settings: Settings, deadline: float) -> Response:
     sig, sr = await asyncio.to_thread(decode_file, body, engine.limits)
     gen = await engine.open(sig, sr, settings)
     chunks = []
     try:
-        while (chunk := await engine.step(gen)) is not None:
+        while (chunk := await _next_chunk(engine, gen, deadline)) is not None:
             chunks.append(chunk)
             if await request.is_disconnected():  # nobody to answer: free the session now
                 return Response(status_code=499)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import secrets
 import threading
 import time
@@ -38,6 +39,8 @@ from .limits import Limits
 
 if TYPE_CHECKING:
     from ..lm import WavSLM
+
+log = logging.getLogger("wavslm.serve")
 
 # Rates outside this range are either a corrupt header or nothing a microphone produces; soxr would
 # spend a long time (or fail) on absurd ratios.
@@ -255,9 +258,14 @@ class Engine:
         except Exception as error:  # every request of the batch hears of it; the server keeps serving
             outcomes = [error] * len(queued)
         for (_, future), outcome in zip(queued, outcomes, strict=True):
+            try:
+                future.get_loop().call_soon_threadsafe(_settle, future, outcome)
+            except RuntimeError:  # the requester's loop is closed: nobody will take this generation
+                if isinstance(outcome, Generation):
+                    outcome.live.close()
+                continue
             if isinstance(outcome, Generation):
                 self._joining.append(outcome)
-            future.get_loop().call_soon_threadsafe(_settle, future, outcome)
         if self._joining:
             self._schedule_step()
 
@@ -309,21 +317,25 @@ class Engine:
         """On the model thread: one step of the whole batch (after taking finished or abandoned sessions
         out and the newly opened ones in), then the next step behind whatever was queued meanwhile."""
         self._step_queued = False
-        self._leave([gen for gen in self._members.values() if gen.done or gen.closed])
         joining = [gen for gen in self._joining if not gen.closed]
         self._joining = []
-        if joining:
-            self.batch.join([gen.live for gen in joining])
-            self._members.update({id(gen.live): gen for gen in joining})
-        if not len(self.batch):
-            return
-        members = [self._members[id(live)] for live in self.batch.members]
         try:
+            self._leave([gen for gen in self._members.values() if gen.done or gen.closed])
+            if joining:
+                self.batch.join([gen.live for gen in joining])
+                self._members.update({id(gen.live): gen for gen in joining})
+            if not len(self.batch):
+                return
+            members = [self._members[id(live)] for live in self.batch.members]
             chunks = self.batch.step()
         except Exception as error:  # every session of the batch hears of it; the server keeps serving
-            for gen in members:
+            log.exception("a batched step failed; its %d sessions end with an internal error",
+                          len(self._members) + len(joining))
+            for gen in {id(g): g for g in [*self._members.values(), *joining]}.values():
                 gen.put(error)
-            self._leave(members)
+                gen.closed = True
+                gen.live.drop_state()
+            self.batch, self._members = LiveBatch(self.lm), {}
             return
         for gen, (toks, audio) in zip(members, chunks, strict=True):
             gen.deliver(toks, audio)
@@ -341,7 +353,9 @@ class Engine:
     def close(self, gen: Generation) -> None:
         """On the model thread: stop `gen` and free its state; safe to call twice."""
         gen.closed = True
-        self._leave([gen])
+        if id(gen.live) in self._members:
+            del self._members[id(gen.live)]
+            self.batch.leave([gen.live], keep_state=False)
         gen.live.close()
 
     def shutdown(self) -> None:
@@ -372,7 +386,8 @@ class Generation:
 
     def deliver(self, toks: torch.Tensor, audio: torch.Tensor) -> None:
         """On the model thread: queue a step's chunk (trimmed to the requested length), then the end."""
-        chunk = audio[0].float().cpu().numpy()[: self.total_samples - self.produced]
+        # A copy: a view would keep the whole batch's audio of the step alive while the chunk waits.
+        chunk = audio[0].float().cpu().numpy()[: self.total_samples - self.produced].copy()
         self.produced += len(chunk)
         self.put((chunk, toks.shape[1]))
         if self.done:

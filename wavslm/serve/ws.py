@@ -149,7 +149,10 @@ async def _stream(ws: WebSocket, engine: Engine, gen: Generation, output_format:
         while not stop:
             if loop.time() > deadline:
                 raise timeout_error(engine.limits, idle=False)
-            chunk = await engine.step(gen)
+            try:  # a stuck engine never holds the session past its deadline
+                chunk = await asyncio.wait_for(engine.step(gen), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError as err:
+                raise timeout_error(engine.limits, idle=False) from err
             if chunk is None or stop:
                 break
             await _send(ws, to_bytes(chunk, output_format))

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..io import remove_temporaries
+from ..io import remove_temporaries, write_atomic
 from . import checkpoint
 from .dist import Dist, all_finite, barrier, mean
 from .schedule import LRSchedule
@@ -89,9 +89,12 @@ def global_batch(step: int, size: int, n_items: int, seed: int) -> tuple[int, li
 
 
 class Trainer:
-    """Runs a stage for `cfg.steps` steps in `run_dir`, resuming from `run_dir/checkpoints/last.pt` if present."""
+    """Runs a stage for `cfg.steps` steps in `run_dir`; with `resume`, from the newest intact checkpoint of
+    `run_dir/checkpoints` (`last.pt`, else `best.pt`, saying so). `on_start` runs (on the main rank) once the
+    run is under way: a resumed run's settings have then been accepted by its checkpoint."""
 
-    def __init__(self, stage: Stage, cfg: TrainConfig, run_dir: Path, dist: Dist, name: str = "train"):
+    def __init__(self, stage: Stage, cfg: TrainConfig, run_dir: Path, dist: Dist, name: str = "train",
+                 resume: bool = False, on_start=None):
         if cfg.batch_size % (dist.world * cfg.grad_accum):
             raise InputError(
                 f"batch_size {cfg.batch_size} must be divisible by world size x grad_accum ({dist.world} x {cfg.grad_accum})"
@@ -101,6 +104,7 @@ class Trainer:
         if cfg.export not in ("last", "best"):
             raise InputError(f"train.export must be last or best, got {cfg.export!r}")
         self.stage, self.cfg, self.run_dir, self.dist, self.name = stage, cfg, Path(run_dir), dist, name
+        self.resuming, self.on_start = resume, on_start
         self.ckpt_dir = self.run_dir / "checkpoints"
         stage.raw = dict(stage.nets)
         if dist.active:
@@ -114,6 +118,7 @@ class Trainer:
         self.step = 0
         self.best = math.inf
         self.writer = None
+        self._resumed_at: int | None = None  # the first step a resumed run makes again
         self._start = time.perf_counter()
 
     # ---- checkpoints ------------------------------------------------------------------------------
@@ -141,22 +146,65 @@ class Trainer:
         barrier(self.dist)
 
     def resume(self) -> bool:
-        path = self.ckpt_dir / "last.pt"
+        """Load the newest intact checkpoint if resuming (an `InputError` if there is none); False if not."""
         if self.dist.main and self.ckpt_dir.is_dir():
             remove_temporaries(self.ckpt_dir)
         barrier(self.dist)
-        if not path.is_file():
+        if not self.resuming:
             return False
-        payload = checkpoint.load(path)
-        for k, m in self.stage.raw.items():
-            m.load_state_dict(payload["nets"][k])
-        for k, o in self.optimizers.items():
-            o.load_state_dict(payload["optimizers"][k])
+        found = sorted((p for p in (self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt") if p.is_file()),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        if not found:
+            raise InputError(f"cannot resume: '{self.ckpt_dir}' holds no checkpoint (last.pt or best.pt)")
+        damaged = []
+        for path in found:
+            try:
+                payload = checkpoint.load(path)
+                if not isinstance(payload, dict) or "nets" not in payload:
+                    raise ValueError("not a training checkpoint")
+            except Exception as error:  # truncated, empty or foreign files all end here
+                damaged.append(f"{path.name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+                continue
+            self._load(payload, path)
+            if damaged and self.dist.main:
+                log.warning("%s: resumed from %s at step %d: %s is damaged", self.name, path.name, self.step,
+                            damaged[0].split(":")[0])
+            return True
+        raise InputError(f"cannot resume: every checkpoint in '{self.ckpt_dir}' is damaged ({'; '.join(damaged)})")
+
+    def _load(self, payload: dict[str, Any], path: Path) -> None:
+        try:
+            for k, m in self.stage.raw.items():
+                m.load_state_dict(payload["nets"][k])
+            for k, o in self.optimizers.items():
+                o.load_state_dict(payload["optimizers"][k])
+        except (KeyError, RuntimeError, ValueError) as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = next((line for line in lines if line.startswith(("size mismatch", "Missing", "Unexpected"))),
+                          lines[0] if lines else type(error).__name__)
+            raise InputError(f"cannot resume from '{path}': it does not fit the run's settings ({reason})") from error
         self.schedule.load_state_dict(payload["schedule"])
         self.step, self.best = payload["step"], payload["best"]
         rng = payload["rng"]
         checkpoint.set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world else rng[0])
-        return True
+
+    def _truncate_log(self) -> None:
+        """Keep `log.jsonl`'s rows up to the resumed step: those after it are made again (a killed run may
+        have logged steps that its last checkpoint does not hold, and a half-written last line)."""
+        path = self.run_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        import json
+
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= self.step:
+                kept.append(line + "\n")
+        write_atomic(path, "".join(kept))
 
     # ---- one step ---------------------------------------------------------------------------------
 
@@ -244,7 +292,8 @@ class Trainer:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(self.run_dir / "tensorboard")
+            # A resumed run drops the events of the steps it makes again.
+            self.writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self._resumed_at)
         for k, v in metrics.items():
             self.writer.add_scalar(f"{self.name}/{prefix}/{k}", v, self.step)
         with open(self.run_dir / "log.jsonl", "a") as f:
@@ -256,8 +305,13 @@ class Trainer:
     def run(self) -> dict[str, float]:
         """Train to `cfg.steps`, validating and checkpointing on the way; export at the end."""
         resumed = self.resume()
-        if resumed and self.dist.main:
-            log.info("%s: resumed at step %d", self.name, self.step)
+        self._resumed_at = self.step + 1 if resumed else None
+        if self.dist.main:
+            if resumed:
+                log.info("%s: resumed at step %d", self.name, self.step)
+                self._truncate_log()
+            if self.on_start is not None:
+                self.on_start()
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, disable=not self.dist.main or None,
                    dynamic_ncols=True)
         last: dict[str, float] = {}

@@ -103,12 +103,15 @@ def train(
     try:
         if d.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(saved, yaml.safe_dump({"stage": stage, "config": to_dict(cfg)}, sort_keys=False))
         distributed.barrier(d)
         import torch
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+
+        def write_config() -> None:  # once the run is under way: a resume's settings fit its checkpoint
+            write_atomic(saved, yaml.safe_dump({"stage": stage, "config": to_dict(cfg)}, sort_keys=False))
+
         built = _stages()[stage][1](cfg, d.device)
-        return Trainer(built, cfg.train, run_dir, d, name=stage).run()
+        return Trainer(built, cfg.train, run_dir, d, name=stage, resume=resume, on_start=write_config).run()
     finally:
         distributed.teardown(d)
