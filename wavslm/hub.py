@@ -141,7 +141,7 @@ def load_weights(path: Path) -> dict[str, Tensor]:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as error:
-                if "weights only load failed" in str(error).lower():
+                if "Unsupported global" in str(error):  # a pickle that would build objects besides tensors
                     raise InputError(f"weights '{path}' hold Python objects besides tensors; refusing to unpickle "
                                      "them") from error
                 raise InputError(f"cannot read weights '{path}': the file is corrupt or not a checkpoint") from error
