@@ -131,7 +131,7 @@ def test_the_wheel_ships_the_bundled_model_prompts_and_presets_and_runs_from_ano
 
 def test_the_server_imports_point_one_way_and_only_the_web_layer_knows_fastapi():
     known = _modules()
-    order = ["wavslm.serve.limits", "wavslm.serve.engine", "wavslm.serve.ws", "wavslm.serve.app",
+    order = ["wavslm.serve.limits", "wavslm.serve.access", "wavslm.serve.engine", "wavslm.serve.ws", "wavslm.serve.app",
              "wavslm.serve.command"]
     # The web layer may import the web framework; the command runs it under uvicorn; nothing else may.
     allowed = {"wavslm.serve.ws": {"fastapi", "starlette"}, "wavslm.serve.app": {"fastapi", "starlette"},

@@ -519,3 +519,53 @@ def test_a_failing_batched_step_ends_its_sessions_and_the_server_goes_on(lm, wav
         lm.encoder.forward = forward
     assert all(isinstance(e, RuntimeError) and "injected fault" in str(e) for e in errors), errors
     assert len(chunks) == 5 and len(engine.batch) == 0
+
+
+# ---- who may use the server -------------------------------------------------------------------------
+
+
+def test_pages_of_another_origin_are_refused_on_every_route(lm, wav):
+    c = client(lm)
+    evil = {"Origin": "http://evil.example"}
+    answer = c.post("/generate?seconds=0.08", content=wav, headers=evil)
+    assert answer.status_code == 403 and "another origin ('http://evil.example')" in answer.json()["error"]["message"]
+    assert c.get("/health", headers={"Origin": "null"}).status_code == 403
+    with pytest.raises(WebSocketDisconnect) as closed, c.websocket_connect("/ws", headers=evil) as ws:
+        ws.receive_json()
+    assert closed.value.code == 1008
+    # The server's own page (same origin) and clients that send no Origin are served.
+    assert c.post("/generate?seconds=0.08", content=wav, headers={"Origin": "http://testserver"}).status_code == 200
+    assert c.get("/health").status_code == 200
+
+
+def test_only_the_hosts_and_token_the_server_was_given_are_answered(lm, wav):
+    from wavslm.serve.limits import Access
+
+    app = create_app(lm, access=Access.loopback(8998, token="s3cret"))
+    rebound = TestClient(app, base_url="http://evil.example:8998")  # a DNS-rebinding site's own name
+    assert rebound.get("/health?token=s3cret").status_code == 403
+    own = TestClient(app, base_url="http://127.0.0.1:8998")
+    assert own.get("/").status_code == 200  # the page itself needs no token
+    assert own.get("/health").status_code == 401 and "needs its token" in own.get("/health").json()["error"]["message"]
+    assert own.get("/health?token=wrong").status_code == 401
+    assert own.get("/health?token=s3cret").status_code == 200
+    assert own.get("/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    with pytest.raises(WebSocketDisconnect) as closed, own.websocket_connect("ws://127.0.0.1:8998/ws") as ws:
+        ws.receive_json()
+    assert closed.value.code == 1008
+    with own.websocket_connect("ws://127.0.0.1:8998/ws?token=s3cret") as ws:
+        ws.send_json({"type": "start", "seconds": 0.08})
+        ws.send_bytes(wav)
+        ws.send_json({"type": "end_prompt"})
+        assert ws.receive_json()["type"] == "header"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--host", "0.0.0.0"], "would serve other machines with no authentication"),
+    (["--port", "99999"], "--port must be in 1-65535"),
+])
+def test_the_command_refuses_an_open_host_and_a_bad_port(flags, message, capsys):
+    from wavslm.serve.command import main
+
+    assert main(["--model", str(REFERENCE / "wavslm_tiny"), *flags]) == 2
+    assert message in capsys.readouterr().out

@@ -40,7 +40,8 @@ files are served from a fixed table.
 
 Layout, imports pointing one way (each module imports only those above it):
 
-    limits    the per-server limits (plain data)
+    limits    the per-server limits and who may connect (plain data)
+    access    which requests are answered: Host, Origin (never a page of another origin), token
     engine    the model side: settings, prompt decoding, the model thread, generations stepped together
     ws        the WebSocket session (the protocol above)
     app       the FastAPI app: the page, /health, POST /generate, the WebSocket route; `create_app`

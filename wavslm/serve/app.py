@@ -11,6 +11,7 @@ import io
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import parse_qsl
 
 import numpy as np
 import soundfile as sf
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
+from .access import refusal
 from .engine import (
     Engine,
     ServeError,
@@ -28,7 +30,7 @@ from .engine import (
     timeout_error,
     validation_message,
 )
-from .limits import Limits
+from .limits import Access, Limits
 from .ws import websocket_session
 
 if TYPE_CHECKING:
@@ -44,10 +46,12 @@ STATIC = {
 }
 
 
-def create_app(lm: WavSLM, limits: Limits | None = None, name: str = "model", prompt_threads: int | None = None
-               ) -> FastAPI:
+def create_app(lm: WavSLM, limits: Limits | None = None, name: str = "model", prompt_threads: int | None = None,
+               access: Access | None = None) -> FastAPI:
     """The server for `lm` (which must hold its codec); `limits` default to `Limits()`; `prompt_threads`:
-    PyTorch threads while prompts are read (None: the process's setting, as for steps)."""
+    PyTorch threads while prompts are read (None: the process's setting, as for steps); `access`: which
+    hosts and token it accepts (default: any host, no token; pages of another origin are always refused)."""
+    access = access or Access()
     engine = Engine(lm, limits or Limits(), name, prompt_threads)
 
     @asynccontextmanager
@@ -73,6 +77,8 @@ def create_app(lm: WavSLM, limits: Limits | None = None, name: str = "model", pr
     @app.exception_handler(Exception)
     async def _internal(_: Request, err: Exception) -> JSONResponse:  # logged by Starlette, the server goes on
         return JSONResponse({"error": {"code": "internal", "message": "the server failed on this request; see its log"}}, 500)
+
+    app.add_middleware(_OwnClientsOnly, access=access)
 
     for route, (body, kind) in pages.items():
         app.add_api_route(route, _page(body, kind), methods=["GET"], include_in_schema=False)
@@ -118,9 +124,31 @@ def create_app(lm: WavSLM, limits: Limits | None = None, name: str = "model", pr
 
     @app.websocket("/ws")
     async def websocket(ws: WebSocket) -> None:
+        refused = refusal("/ws", ws.headers, ws.query_params, access)
+        if refused is not None:  # before accepting: a browser's page sees the handshake fail
+            await ws.close(code=1008, reason=refused[1][:120])
+            return
         await websocket_session(ws, engine)
 
     return app
+
+
+class _OwnClientsOnly:
+    """Refuse HTTP requests that `access.refusal` refuses (plain ASGI: the routes still see a client leave)."""
+
+    def __init__(self, app, access: Access):
+        self.app, self.access = app, access
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            refused = refusal(scope["path"], headers, query, self.access)
+            if refused is not None:
+                status, message = refused
+                await JSONResponse({"error": {"code": "forbidden", "message": message}}, status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _page(body: bytes, kind: str):

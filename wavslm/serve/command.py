@@ -3,20 +3,28 @@
 import argparse
 import logging
 import os
+import secrets
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
 from ..pretrained import OPTIMIZE, load_lm
-from .limits import Limits
+from .limits import Access, Limits
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add `wavslm serve`'s arguments (all but --device, which the CLI adds to every verb)."""
     d = Limits()
     parser.add_argument("--model", help="WavSLM folder, .json or Hub id (default: the bundled model)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only; "
+                        "any other needs --allow-remote)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow a --host other machines can reach; every API request must then carry the token")
+    parser.add_argument("--token", help="the secret API requests must carry (?token= or Authorization: Bearer); "
+                        "default: none on loopback, a fresh random one with --allow-remote (printed)")
     parser.add_argument("--port", type=int, default=8998, help="port (default: 8998)")
     parser.add_argument("--max-prompt-secs", type=float, default=d.max_prompt_secs,
                         help=f"longest prompt accepted, in seconds (default {d.max_prompt_secs:g})")
@@ -51,6 +59,16 @@ def run(args: argparse.Namespace) -> None:
     except ImportError as err:
         raise InputError(f"wavslm serve needs the 'serve' extra ({err.name} is missing): pip install 'wavslm[serve]'") from err
 
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port must be in 1-65535, got {args.port}")
+    loopback = args.host in LOOPBACK
+    if not loopback and not args.allow_remote:
+        raise InputError(f"--host {args.host} would serve other machines with no authentication; bind 127.0.0.1, "
+                         "or pass --allow-remote (API requests then need a token)")
+    token = args.token or (secrets.token_urlsafe(18) if args.allow_remote else None)
+    # On loopback, only the loopback names are answered (a DNS-rebinding site's name is not); a remote bind
+    # answers whatever name reaches it, and the token guards it.
+    access = Access.loopback(args.port, token) if loopback else Access(None, token)
     limits = Limits(args.max_prompt_secs, args.max_gen_secs, args.max_upload_bytes, args.max_sessions,
                     args.idle_timeout, args.session_timeout)
     if min(limits.as_dict().values()) <= 0:
@@ -61,9 +79,10 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     lm = load_lm(args.model, getattr(args, "device", "cpu"), args.optimize)
     name = Path(args.model).name if args.model else "bundled tiny"
-    print(f"wavslm serve: {name} on http://{args.host}:{args.port}/ (API: /openapi.json)", flush=True)
+    where = f"http://{args.host}:{args.port}/" + (f"?token={token}" if token else "")
+    print(f"wavslm serve: {name} on {where} (API: /openapi.json)", flush=True)
     # Frames above the upload limit are refused by uvicorn itself (close 1009) before reaching us.
-    uvicorn.run(create_app(lm, limits, name, prompt_threads), host=args.host, port=args.port, log_level=args.log_level,
+    uvicorn.run(create_app(lm, limits, name, prompt_threads, access), host=args.host, port=args.port, log_level=args.log_level,
                 ws_max_size=limits.max_upload_bytes + 65536)
 
 

@@ -16,3 +16,18 @@ class Limits:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use the server. `hosts`: the `Host` header values it answers (None: any, e.g. behind a
+    proxy that checks them); `token`: a secret every API request must carry (`?token=` or
+    `Authorization: Bearer`), None for none. Pages of another origin are refused whatever these are."""
+
+    hosts: tuple[str, ...] | None = None
+    token: str | None = None
+
+    @classmethod
+    def loopback(cls, port: int, token: str | None = None) -> "Access":
+        """This machine only: the names of the loopback interface at `port`."""
+        return cls((f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"), token)

@@ -9,6 +9,9 @@ const W = (window.wavslm = {
 });
 
 const $ = (id) => document.getElementById(id);
+// A server that needs a token prints the page's address with it (?token=...): pass it on to the API.
+const TOKEN = new URLSearchParams(location.search).get("token");
+const withToken = (path) => (TOKEN ? `${path}?token=${encodeURIComponent(TOKEN)}` : path);
 const PROMPT_RATE = 16000;       // microphone prompts are sent as 16 kHz PCM16
 const FFT_SIZE = 512, HOP = 240;  // spectrogram: ~21 ms windows every 10 ms at 24 kHz
 const COLUMN_PX = 2;
@@ -36,7 +39,7 @@ function setStatus(text, isError = false) {
 
 async function loadHealth() {
   try {
-    const info = await (await fetch("/health")).json();
+    const info = await (await fetch(withToken("/health"))).json();
     limits = info.limits;
     $("model").textContent = `Model: ${info.model} · ${info.sample_rate_input / 1000} kHz in, ` +
       `${info.sample_rate_output / 1000} kHz out · prompts up to ${limits.max_prompt_secs} s`;
@@ -167,7 +170,7 @@ $("generate").addEventListener("click", async () => {
   };
   if (prompt.kind === "pcm16") start.sample_rate = PROMPT_RATE;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  ws = new WebSocket(`${scheme}://${location.host}/ws`);
+  ws = new WebSocket(`${scheme}://${location.host}${withToken("/ws")}`);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
     ws.send(JSON.stringify(start));

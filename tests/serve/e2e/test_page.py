@@ -96,3 +96,42 @@ def test_spectrogram_fft_finds_a_sine(page):
       return best;
     }""")
     assert peak == 64
+
+
+def test_a_page_of_another_origin_can_neither_open_the_websocket_nor_post(browser, server_url, speech, tmp_path):
+    """The classic hole of a service on localhost: any site the user visits talks to it. A page served from
+    another origin (another port) tries both; the server must start no generation."""
+    import functools
+    import http.server
+    import threading
+
+    import httpx
+
+    wav = sorted(speech.rglob("*.wav"))[0]
+    (tmp_path / "prompt.wav").write_bytes(wav.read_bytes())
+    ws_url = server_url.replace("http://", "ws://")
+    (tmp_path / "index.html").write_text(f"""<!doctype html><script>
+window.results = {{}};
+const ws = new WebSocket("{ws_url}/ws");
+ws.onopen = () => {{ window.results.ws = "open"; ws.send(JSON.stringify({{type: "start", seconds: 0.08}})); }};
+ws.onerror = () => {{ window.results.ws = window.results.ws || "refused"; }};
+fetch("prompt.wav").then(r => r.arrayBuffer()).then(body =>
+  fetch("{server_url}/generate?seconds=0.08", {{method: "POST", body, mode: "no-cors"}}))
+  .then(() => {{ window.results.post = "sent"; }}, () => {{ window.results.post = "failed"; }});
+</script>""")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    before = httpx.get(f"{server_url}/health").json()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{other.server_address[1]}/index.html")
+        page.wait_for_function("() => window.results.ws && window.results.post", timeout=30_000)
+        results = page.evaluate("() => window.results")
+    finally:
+        context.close()
+        other.shutdown()
+    after = httpx.get(f"{server_url}/health").json()
+    assert results["ws"] == "refused", results
+    assert after["sessions_stepped"] == before["sessions_stepped"] and after["active_sessions"] == 0
