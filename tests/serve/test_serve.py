@@ -151,10 +151,12 @@ def test_cancel_ends_early(lm, wav):
         assert ws.receive_json()["type"] == "header"
         ws.receive_bytes()
         ws.send_json({"type": "cancel"})
+        received = 1
         while (message := ws.receive()).get("bytes") is not None:
-            pass
+            received += 1
         end = json.loads(message["text"])
     assert end["type"] == "end" and end["cancelled"] and end["chunks"] < 250
+    assert end["chunks"] == received and end["samples"] == received * CHUNK  # what the client got, no more
     still_serves(c, wav)
 
 
@@ -569,3 +571,11 @@ def test_the_command_refuses_an_open_host_and_a_bad_port(flags, message, capsys)
 
     assert main(["--model", str(REFERENCE / "wavslm_tiny"), *flags]) == 2
     assert message in capsys.readouterr().out
+
+
+def test_deeply_nested_json_is_a_bad_request_not_a_server_error(lm):
+    c = client(lm)
+    with c.websocket_connect("/ws") as ws:
+        ws.send_text("[" * 100_000 + "]" * 100_000)
+        assert "nests JSON too deeply" in refused(ws, "bad_request", 4400)
+

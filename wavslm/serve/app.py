@@ -188,6 +188,7 @@ async def _generate_wav(request: Request, engine: Engine, body: bytes, settings:
     try:
         while (chunk := await _next_chunk(engine, gen, deadline)) is not None:
             chunks.append(chunk)
+            gen.sent(chunk)
             if await request.is_disconnected():  # nobody to answer: free the session now
                 return Response(status_code=499)
             if asyncio.get_running_loop().time() > deadline:

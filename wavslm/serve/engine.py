@@ -295,7 +295,7 @@ class Engine:
 
     async def step(self, gen: Generation) -> np.ndarray | None:
         """`gen`'s next chunk (float32 at the output rate), as soon as the batch has made it; None once its
-        requested length is out."""
+        requested length is out. The caller counts what reaches its client with `gen.sent(chunk)`."""
         if gen.finished:
             return None
         await asyncio.sleep(0)  # a chunk may be waiting already: let the client's other tasks run first
@@ -306,7 +306,7 @@ class Engine:
         if item is None:
             gen.finished = True
             return None
-        return gen.account(item)
+        return item
 
     def _schedule_step(self) -> None:
         if not self._step_queued:
@@ -337,8 +337,8 @@ class Engine:
                 gen.live.drop_state()
             self.batch, self._members = LiveBatch(self.lm), {}
             return
-        for gen, (toks, audio) in zip(members, chunks, strict=True):
-            gen.deliver(toks, audio)
+        for gen, (_, audio) in zip(members, chunks, strict=True):
+            gen.deliver(audio)
         self.steps_run += 1
         self.rows_stepped += len(members)
         self._schedule_step()
@@ -384,12 +384,12 @@ class Generation:
     def done(self) -> bool:
         return self.produced >= self.total_samples
 
-    def deliver(self, toks: torch.Tensor, audio: torch.Tensor) -> None:
+    def deliver(self, audio: torch.Tensor) -> None:
         """On the model thread: queue a step's chunk (trimmed to the requested length), then the end."""
         # A copy: a view would keep the whole batch's audio of the step alive while the chunk waits.
         chunk = audio[0].float().cpu().numpy()[: self.total_samples - self.produced].copy()
         self.produced += len(chunk)
-        self.put((chunk, toks.shape[1]))
+        self.put(chunk)
         if self.done:
             self.put(None)
 
@@ -401,14 +401,12 @@ class Generation:
         except RuntimeError:  # the loop is closed
             self.closed = True
 
-    def account(self, item: tuple[np.ndarray, int]) -> np.ndarray:
-        """Count a chunk the client takes; returns it."""
-        chunk, tokens = item
+    def sent(self, chunk: np.ndarray) -> None:
+        """Count a chunk that reached the client (the statistics report what the client got)."""
         self.samples += len(chunk)
         self.sent_chunks += 1
-        self.tokens += tokens
+        self.tokens += self.engine.toks_per_step
         self.first_chunk = self.first_chunk or time.perf_counter() - self.started
-        return chunk
 
     def stats(self, cancelled: bool = False) -> dict:
         elapsed = time.perf_counter() - self.started

@@ -85,6 +85,8 @@ def _parse(text: str) -> dict:
         message = json.loads(text)
     except json.JSONDecodeError as err:
         raise ServeError("bad_request", f"a text message is not valid JSON ({err.msg})", 400) from err
+    except RecursionError as err:
+        raise ServeError("bad_request", "a text message nests JSON too deeply", 400) from err
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ServeError("bad_request", 'a text message must be a JSON object with a "type"', 400)
     return message
@@ -156,6 +158,7 @@ async def _stream(ws: WebSocket, engine: Engine, gen: Generation, output_format:
             if chunk is None or stop:
                 break
             await _send(ws, to_bytes(chunk, output_format))
+            gen.sent(chunk)
     finally:
         watcher.cancel()
     if "gone" in stop:
