@@ -149,6 +149,27 @@ def test_config_errors(shards, tmp_path):
         train("music", tmp_path / "run", config)
     with pytest.raises(InputError, match="holds no config.yaml"):
         train("lm", tmp_path / "nothing", resume=True)
+    # Values no run can use: one sentence before anything is built or written.
+    for override, message in (("train.batch_size=0", "'batch_size' must be at least 1, got 0"),
+                              ("train.save_every=0", "'save_every' must be at least 1"),
+                              ("train.steps=-5", "'steps' must be at least 1, got -5"),
+                              ("train.lr=-1", "'lr' must be a positive number"),
+                              ("train.lr=.nan", "'lr' must be a positive number")):
+        with pytest.raises(InputError, match=message):
+            train("lm", tmp_path / "bad", config, [override])
+    assert not (tmp_path / "bad").exists()
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"lm": lm_settings(shards), "music": {"tempo": 120}}))
+    with pytest.raises(InputError, match=r"unknown sections \['music'\]"):
+        train("lm", tmp_path / "bad", extra)
+    from conftest import SPEECH
+
+    wav = sorted(SPEECH.rglob("*.wav"))[0]
+    with pytest.raises(InputError, match=r"unknown preset .* or a \.yaml file"):
+        train("lm", tmp_path / "bad", wav)
+    (tmp_path / "audio.yaml").write_bytes(wav.read_bytes())  # binary under a YAML name
+    with pytest.raises(InputError, match="is not text"):
+        train("lm", tmp_path / "bad", tmp_path / "audio.yaml")
 
 
 def test_manifest_and_tokenize_under_torchrun_equal_one_process(speech, reference, tmp_path):

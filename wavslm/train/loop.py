@@ -54,6 +54,22 @@ class TrainConfig:
     seed: int = 0
     export: str = "last"  # last | best (the weights of the best validation loss, when there was validation)
 
+    def __post_init__(self) -> None:
+        """Values no run can use are one sentence here, not a traceback (or a silent no-op) later."""
+        for name in ("steps", "batch_size", "grad_accum", "valid_every", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"train: '{name}' must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "valid_batches"):
+            if getattr(self, name) < 0:
+                raise InputError(f"train: '{name}' must not be negative, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"train: 'lr' must be a positive number, got {self.lr}")
+        for name in ("weight_decay", "clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise InputError(f"train: '{name}' must be a finite number of at least 0, got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise InputError(f"train: 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+
 
 class Stage(Protocol):
     """What a training stage provides to the loop.

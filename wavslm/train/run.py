@@ -38,6 +38,8 @@ def read_yaml(path: str | Path) -> dict:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise InputError(f"config file '{path}' is not valid YAML: {error}") from error
+    except UnicodeDecodeError as error:
+        raise InputError(f"config file '{path}' is not text (a YAML file is expected)") from error
     if not isinstance(values, dict):
         raise InputError(f"config file '{path}' must hold a mapping of stage sections")
     return values
@@ -68,6 +70,10 @@ def resolve(stage: str, config: str | Path | None, overrides: list[str]):
     if config is not None:
         config = preset_path(str(config))  # a packaged preset's name (tiny, paper_4k) or a file
         values = read_yaml(config)
+        unknown = sorted(set(values) - set(stages) - {"recipe"})
+        if unknown:
+            raise InputError(f"config file '{config}' has unknown sections {unknown}; expected some of "
+                             f"{sorted([*stages, 'recipe'])}")
         section = values.get(stage, {})
         if not isinstance(section, dict):
             raise InputError(f"config file '{config}': section '{stage}' must be a mapping")
