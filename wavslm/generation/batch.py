@@ -117,10 +117,8 @@ def open_sessions(lm: "WavSLM", rows: list[Tensor], samplings: list[Sampling],
                   seeds: list[int | None]) -> list[LiveSession]:
     """Single-row live sessions that have read the token prompts `rows` (from `prompt_tokens`), the
     prompts of one length read in one batch; session b samples with `samplings[b]` seeded `seeds[b]`."""
-    sessions = []
-    for sampling, seed in zip(samplings, seeds, strict=True):
-        s = sampling
-        sessions.append(LiveSession(lm, 1, top_p=s.top_p, top_k=s.top_k, temp=s.temp, seed=seed))
+    sessions = [LiveSession(lm, 1, top_p=s.top_p, top_k=s.top_k, temp=s.temp, seed=seed)
+                for s, seed in zip(samplings, seeds, strict=True)]
     device = next(lm.parameters()).device
     C, W = lm.toks_per_step, lm.encoder.window_size
     for index in by_length(rows):

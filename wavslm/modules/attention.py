@@ -108,8 +108,9 @@ class KVCache:
         return self.k[:, :, drop : self.length], self.v[:, :, drop : self.length]
 
     def rows(self, index: Tensor | list[int]) -> "KVCache":
-        """A copy holding only the rows `index` (same slots, same positions)."""
-        return KVCache(self.k[index].clone(), self.v[index].clone(), self.start, self.length)
+        """A copy holding only the rows `index` (same slots, same positions); indexing by a list copies."""
+        index = list(index) if not isinstance(index, Tensor) else index
+        return KVCache(self.k[index], self.v[index], self.start, self.length)
 
     def last(self, count: int, row: int) -> tuple[Tensor, Tensor]:
         """Views `(H, count, Dh)` of row `row`'s last `count` stored keys and values."""
