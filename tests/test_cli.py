@@ -1,11 +1,15 @@
 """The `wavslm` command, run as a real subprocess on the reference models and real speech."""
 
+import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+from wavslm import load_audio
 
 
 def wavslm(*args, cwd=None):
@@ -165,3 +169,106 @@ def test_top_k_alone_is_taken_and_bad_api_values_get_one_sentence(models):
                             ({"seed": 1.5}, "seed must be an integer"), ({"temp": float("inf")}, "temperature")):
         with pytest.raises(InputError, match=message):
             lm.generate(bos_toks=prompt, **{"max_gen_toks": 8, **kwargs} if "max_gen_secs" not in kwargs else kwargs)
+
+
+# ---- a full or read-only disk: one sentence naming the user's file, no temporary left ---------------
+
+NAMESPACE = """
+set -e
+mount -t tmpfs -o size=400k tmpfs "$MNT"
+if [ "$MODE" = full ]; then dd if=/dev/zero of="$MNT/fill" bs=1k count=330 2>/dev/null; fi
+mkdir "$MNT/out"
+if [ "$MODE" = ro ]; then mount -o remount,ro "$MNT"; fi
+set +e
+"$@"
+echo "rc=$?"
+find "$MNT/out" -mindepth 1 -name '.*' -printf 'left %P\\n'
+find "$MNT/out" -mindepth 1 -maxdepth 1 -printf 'out %P\\n'
+"""
+
+
+def _on_small_disk(mode, argv, tmp_path):
+    """Run `wavslm ARGV` (OUT/ standing for a folder on the disk) where that disk is full or read-only: a
+    400 kB tmpfs mounted in a user and mount namespace of its own (no privileges needed)."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this kernel refuses unprivileged user namespaces (unshare -rm), so no disk can be mounted")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    argv = [str(a).replace("OUT/", f"{mnt}/out/") for a in argv]
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", NAMESPACE, "sh", sys.executable, "-m", "wavslm.cli", *argv],
+                            capture_output=True, text=True, env={**os.environ, "MNT": str(mnt), "MODE": mode})
+    lines = result.stdout.splitlines()
+    rc = int(next(line for line in lines if line.startswith("rc="))[3:])
+    return rc, result.stderr, [line[5:] for line in lines if line.startswith("left ")], \
+        [line[4:] for line in lines if line.startswith("out ")]
+
+
+@pytest.fixture
+def lm_config(models, clip, tmp_path):
+    from wavslm import Codec
+    from wavslm.data.shards import ShardWriter
+
+    codec = Codec.from_pretrained(models[1])
+    with ShardWriter(tmp_path / "shards", codec.vocab_size, codec=str(models[1])) as writer:
+        sig, _ = load_audio(clip, 16000, mono=True)
+        writer.append(codec.encode(sig)[0], str(clip))
+    config = tmp_path / "lm.yaml"
+    config.write_text(f"""lm:
+  data: {{train: {tmp_path / 'shards'}, valid: {tmp_path / 'shards'}, codec: {models[1]}, crop_tokens: 32}}
+  model: {{num_layers: 1, dim: 64, ffn_dim: 64, num_heads: 2, num_buckets: 16, max_distance: 32, window_size: 16}}
+  train: {{steps: 2, batch_size: 1, warmup_steps: 1, valid_every: 1, valid_batches: 1, save_every: 1, log_every: 1}}
+""")
+    return config
+
+
+@pytest.mark.parametrize("mode, verb, message, kept", [
+    ("full", "resynth", "the disk is full: cannot write '{mnt}/out/r.wav'", []),
+    ("full", "generate", "the disk is full: cannot write '{mnt}/out/g.wav'", []),
+    ("full", "train", "the disk is full: cannot write '{mnt}/out/run/", ["run"]),  # a run folder to resume
+    ("full", "synth", "the disk is full: cannot write '{mnt}/out/corpus/wavs/", []),
+    ("ro", "tokenize", "cannot write '{mnt}/out/tok': it is on a read-only file system", []),
+    ("ro", "manifest", "cannot write '{mnt}/out/m.jsonl': '{mnt}/out' is not a writable folder", []),
+    ("ro", "eval", "cannot write '{mnt}/out/r.json': '{mnt}/out' is not a writable folder", []),
+])
+def test_a_full_or_read_only_disk_is_one_sentence(mode, verb, message, kept, models, clip, speech, lm_config,
+                                                   tmp_path):
+    lm, codec = models
+    argv = {
+        "resynth": ["resynth", clip, "-o", "OUT/r.wav", "--codec", codec],
+        "generate": ["generate", clip, "-o", "OUT/g.wav", "--model", lm, "--stream", "--seconds", "30"],
+        "train": ["train", "lm", "--config", lm_config, "-o", "OUT/run", "--device", "cpu"],
+        "synth": ["synth", "corpus", "-o", "OUT/corpus", "--hours", "0.01"],
+        "tokenize": ["tokenize", lm_config.parent / "shards" / "index.jsonl", "-o", "OUT/tok", "--codec", codec],
+        "manifest": ["manifest", speech, "-o", "OUT/m.jsonl"],
+        "eval": ["eval", "codec", "--codec", codec, "--data", speech, "-o", "OUT/r.json"],
+    }[verb]
+    if verb == "synth":
+        pytest.importorskip("espeakng_loader")
+    if verb == "tokenize":  # a manifest of the clip
+        manifest = tmp_path / "m.jsonl"
+        manifest.write_text(json.dumps({"path": str(clip), "duration": sf.info(clip).duration}) + "\n")
+        argv[1] = manifest
+    rc, err, left, out = _on_small_disk(mode, argv, tmp_path)
+    expected = message.format(mnt=tmp_path / "mnt")
+    assert expected in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert rc == (2 if "writable folder" in message else 1), err
+    assert left == [] and out == kept, (left, out)  # no temporary anywhere, no half-written file
+
+
+def test_sigterm_mid_stream_removes_the_partial_file(models, clip, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "wavslm.cli", "generate", str(clip), "-o", str(out / "g.wav"),
+                             "--model", str(models[0]), "--stream", "--seconds", "600"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".g.wav.*.tmp")) and time.monotonic() < deadline:  # streaming has begun
+        time.sleep(0.05)
+    assert list(out.glob(".g.wav.*.tmp")), "the stream never started"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "wavslm generate: stopped (SIGTERM); no half-written file was kept", err
+    assert list(out.iterdir()) == []

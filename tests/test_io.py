@@ -10,6 +10,7 @@ import pytest
 from wavslm.errors import InputError
 from wavslm.io import (
     find_audio,
+    output_lock,
     remove_temporaries,
     write_atomic,
     write_file,
@@ -17,6 +18,43 @@ from wavslm.io import (
     write_json,
     write_npy,
 )
+
+HOLDER = """
+import sys
+from wavslm.io import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_one_writer_per_output_and_a_killed_holder_frees_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(InputError, match=r"'.*out' is being written by another process"):
+            with output_lock(out):
+                pass
+        with pytest.raises(InputError, match="is being written by another process"):
+            with write_folder(out) as tmp:
+                (tmp / "a.txt").write_text("lost")
+        assert not out.exists() and _hidden(tmp_path) == [".out.lock"]
+    finally:
+        holder.send_signal(signal.SIGKILL)  # killed outright: the OS lock goes with it
+        holder.wait()
+    (tmp_path / ".out.0123abcd.tmp").mkdir()  # what a writer killed outright leaves behind
+    (tmp_path / ".out.0123abcd.tmp" / "half.wav").write_bytes(b"RIFF")
+    (tmp_path / ".outer.0123abcd.tmp").mkdir()  # another output's: not ours to remove
+    with write_folder(out) as tmp:
+        (tmp / "a.txt").write_text("kept")
+    assert (out / "a.txt").read_text() == "kept"
+    assert _hidden(tmp_path) == [".outer.0123abcd.tmp"]  # the stale temporary and the lock file are gone
 
 
 def _hidden(folder):

@@ -111,6 +111,17 @@ def test_recipe_settings_errors_name_the_key():
         resolve_recipe("tiny", ["recipe.codec_substages.vocoder=[]"])
 
 
+def test_a_second_recipe_into_the_same_folder_stops_at_once(tmp_path):
+    from wavslm import InputError
+    from wavslm.io import output_lock
+    from wavslm.recipe import Recipe
+
+    with output_lock(tmp_path / "run"):
+        with pytest.raises(InputError, match="'.*run' is being written by another process"):
+            Recipe("tiny", tmp_path / "run").run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_an_older_preset_s_codec_steps_are_read_as_codec_substages(tmp_path):
     from wavslm import InputError
 

@@ -13,7 +13,9 @@ Everything that touches audio files goes through here, so bad input fails in one
 
 from __future__ import annotations
 
+import errno
 import os
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ import soxr
 import torch
 
 from .errors import InputError
-from .io import temporary_path, write_file
+from .io import temporary_path, write_failure, write_file
 
 # A 2-D signal with more "channels" than this was almost surely passed as (samples, channels).
 _MAX_CHANNELS = 64
@@ -191,8 +193,9 @@ def save_audio(
     except sf.LibsndfileError as err:
         # error_string, not str(err): the latter names the temporary file, not the user's.
         raise InputError(f"cannot save audio to '{path}': {err.error_string}") from err
-    except (sf.SoundFileError, OSError) as err:
+    except sf.SoundFileError as err:
         raise InputError(f"cannot save audio to '{path}': {err}") from err
+    # An OSError (a full disk, a read-only folder) goes on as it is, naming `path`: it is not bad input.
 
 
 def resample(sig: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
@@ -231,15 +234,30 @@ class WavStreamWriter:
     def __init__(self, paths: list[Path], sample_rate: int):
         self.paths = [Path(p) for p in paths]
         self.tmps = [temporary_path(p) for p in self.paths]
-        for p in self.paths:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        self.files = [sf.SoundFile(t, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV")
-                      for t in self.tmps]
+        self.files = []
+        try:
+            for p, t in zip(self.paths, self.tmps, strict=True):
+                p.parent.mkdir(parents=True, exist_ok=True)
+                self.files.append(sf.SoundFile(t, "w", samplerate=sample_rate, channels=1, subtype="PCM_16",
+                                               format="WAV"))
+        except (OSError, sf.LibsndfileError) as error:
+            self.abort()
+            raise self._failure(p, error) from error
 
     def write(self, audio: torch.Tensor) -> None:
-        for f, row in zip(self.files, audio, strict=True):
-            f.write(row.detach().float().clamp(-1, 1).cpu().numpy())
-            f.flush()
+        for f, row, path in zip(self.files, audio, self.paths, strict=True):
+            try:
+                f.write(row.detach().float().clamp(-1, 1).cpu().numpy())
+                f.flush()
+            except (OSError, sf.LibsndfileError) as error:
+                raise self._failure(path, error) from error
+
+    @staticmethod
+    def _failure(path: Path, error: Exception) -> OSError:
+        """The error naming `path`: ENOSPC on a full disk, else what libsndfile said (it gives no errno)."""
+        failure = write_failure(path, error)
+        return failure if failure is not None else OSError(errno.EIO, getattr(error, "error_string", str(error)),
+                                                           str(path))
 
     def close(self) -> None:
         for f, tmp, path in zip(self.files, self.tmps, self.paths, strict=True):
@@ -249,7 +267,9 @@ class WavStreamWriter:
 
     def abort(self) -> None:
         for f in self.files:
-            f.close()
+            with suppress(OSError, sf.LibsndfileError):  # a failing disk must not hide the first error
+                f.close()
         for tmp in self.tmps:
-            tmp.unlink(missing_ok=True)
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
         self.files = []

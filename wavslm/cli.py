@@ -7,6 +7,7 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .audio import WavStreamWriter, load_audio, save_audio
-from .errors import InputError
+from .errors import InputError, Terminated, describe_os_error
 from .generation import generate_steps, prompt_tokens
 from .io import AUDIO_EXTENSIONS, write_json, write_npy
 from .pretrained import BUNDLED_CODEC, OPTIMIZE, load_codec, load_lm
@@ -387,19 +388,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate" and args.num < 1:
         parser.error("--num must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    previous = signal.signal(signal.SIGTERM, _terminate)  # so that the cleanups run (a server sets its own)
     try:
         if hasattr(args, "input") and args.command in ("encode", "resynth", "generate", "tokenize", "decode"):
             _existing_file(args.input)
             if args.command in ("encode", "resynth", "decode"):  # generate checks each of its --num outputs
                 _check_output(args.output, args.input)
+        if args.command in ("eval", "bench") and args.output is not None:  # results written at the very end
+            _check_output(args.output)
         args.func(args)
     except InputError as error:
         print(f"wavslm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"wavslm {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"wavslm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"wavslm {args.command}: stopped (SIGTERM); no half-written file was kept", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -10,22 +10,26 @@ corpus, a demo, a model bundle) are filled under a temporary name in the same wa
     write_file(path, lambda tmp: torch.save(payload, tmp))    # any writer that takes a path
     write_atomic(path, text_or_bytes); write_json(path, value); write_npy(path, array)
     with write_folder(out) as tmp: ...                        # `out` appears only if the block succeeds
+    with output_lock(out): ...                                # a second writer of `out` stops at once
 
 `find_audio` lists the audio files under a folder (`AUDIO_EXTENSIONS`, any case) in a stable order.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from .errors import InputError
 
@@ -51,10 +55,13 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], Any], *, sync: b
     temporary is removed, `path` is left as it was, and the error propagates. Returns `path`.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(dest)
-    # Reserve the name (O_EXCL) with the permissions a plain open would give, not mkstemp's 0600.
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_path(dest)
+        # Reserve the name (O_EXCL) with the permissions a plain open would give, not mkstemp's 0600.
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(dest)) from error
     try:
         write(tmp)
         if sync:
@@ -64,10 +71,36 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], Any], *, sync: b
             finally:
                 os.close(fd)
         os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as error:
+        failure = write_failure(dest, error)  # before the temporary goes: it may be what filled the disk
+        with suppress(OSError):  # on a read-only or failing disk the cleanup must not hide the first error
+            tmp.unlink(missing_ok=True)
+        if failure is not None:
+            raise failure from error
         raise
     return dest
+
+
+# Below this much room a failed write is put down to a full disk (libraries such as libsndfile and
+# torch.save report ENOSPC as a generic failure).
+DISK_FULL_BYTES = 1 << 20
+
+
+def write_failure(path: str | os.PathLike, error: BaseException) -> OSError | None:
+    """The `OSError` to report for `error`, raised while writing `path`: the same error naming `path` (not
+    a temporary file), or ENOSPC when a library's generic failure came from a full disk; None when
+    `error` is no write failure (bad input, an interrupt)."""
+    if isinstance(error, OSError):
+        return OSError(error.errno, error.strerror, str(path))  # OSError picks the subclass from errno
+    if not isinstance(error, Exception) or isinstance(error, InputError):
+        return None
+    try:
+        room = os.statvfs(Path(path).parent)
+    except OSError:
+        return None
+    if room.f_bavail * room.f_frsize < DISK_FULL_BYTES:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes, *, sync: bool = True) -> Path:
@@ -108,31 +141,81 @@ def write_folder(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
     On an error the temporary folder is removed and `path` is left as it was. An existing `path` is
     replaced (`overwrite`) or must be an empty folder (otherwise `InputError` before the block runs).
     The old folder is first renamed aside, so between the two renames neither is missing for longer
-    than a rename, and it is deleted only once the new one is in place.
+    than a rename, and it is deleted only once the new one is in place. `path`'s `output_lock` is held
+    throughout: a second writer of the same folder stops before it starts, and what writers killed
+    outright left beside `path` is removed first.
     """
     dest = Path(path)
-    if not overwrite and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise InputError(f"output folder '{path}' already exists and is not an empty folder; choose a new one")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(dest)
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = temporary_path(dest, ".old") if dest.exists() else None
-        if old is not None:
-            os.replace(dest, old)
+    with output_lock(dest):
+        if not overwrite and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise InputError(f"output folder '{path}' already exists and is not an empty folder; choose a new one")
+        # What writers killed outright left (the lock says that none of them is alive).
+        for stale in dest.parent.glob(f".{glob.escape(dest.name)}.{'[0-9a-f]' * 8}.*"):
+            if stale.is_dir() and stale.suffix in (".tmp", ".old"):
+                shutil.rmtree(stale, ignore_errors=True)
+            elif stale.suffix in (".tmp", ".old"):
+                stale.unlink(missing_ok=True)
+        tmp = temporary_path(dest)
         try:
-            os.replace(tmp, dest)
-        except BaseException:
-            if old is not None:
-                os.replace(old, dest)
-            raise
-        if old is not None and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        elif old is not None:
-            old.unlink(missing_ok=True)
+            tmp.mkdir()
+            yield tmp
+            _replace_folder(tmp, dest)
+        except OSError as error:  # name the user's folder, not the temporary one
+            where = str(error.filename or "").replace(str(tmp), str(dest), 1) or str(dest)
+            raise OSError(error.errno, error.strerror, where) from error
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_folder(tmp: Path, dest: Path) -> None:
+    """Rename the finished folder `tmp` to `dest`, an existing `dest` first renamed aside and then removed."""
+    old = temporary_path(dest, ".old") if dest.exists() else None
+    if old is not None:
+        os.replace(dest, old)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        if old is not None:
+            os.replace(old, dest)
+        raise
+    if old is not None and old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink(missing_ok=True)
+
+
+# ---- one writer per output --------------------------------------------------------------------------
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the writer's lock of output `path` (a folder or file, existing or not) for the block.
+
+    The lock is an OS lock (`flock`) on `.NAME.lock` beside `path`, so a process killed outright never
+    leaves it held, and the folder's own contents stay as they are. The file is removed on exit (the lock
+    library notices a lock file unlinked under it and takes a fresh one).
+
+    Raises:
+        InputError: another process holds the lock of `path`.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    file = dest.with_name(f".{dest.name}.lock")
+    lock = FileLock(file, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(f"'{path}' is being written by another process (its lock '{file}' is held); wait for "
+                         "it to finish or choose another output") from None
+    except OSError as error:  # a read-only or full disk: say so of `path`, not of the lock file
+        raise OSError(error.errno, error.strerror, str(dest)) from error
+    try:
+        yield
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            file.unlink(missing_ok=True)  # while still held: a waiting writer then takes a fresh file
+        finally:
+            lock.release()
 
 
 # ---- audio discovery -----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import yaml
 
 from .config import from_dict, renamed, to_dict
 from .errors import InputError
-from .io import write_atomic, write_folder, write_json
+from .io import output_lock, write_atomic, write_folder, write_json
 from .pretrained import preset_path
 from .train.run import apply_overrides, read_yaml, train
 
@@ -101,6 +101,10 @@ class Recipe:
     # ---- the stages -------------------------------------------------------------------------------
 
     def run(self) -> dict:
+        with output_lock(self.run_dir):  # a second recipe into the same folder stops at once
+            return self._run()
+
+    def _run(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         stages = [("corpus", self.make_corpus), ("ssl", self.train_ssl)]

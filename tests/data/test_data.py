@@ -290,6 +290,26 @@ def test_tokenize_resumes_without_writing_twice(clips, codec, tmp_path, monkeypa
     assert (again.done_before, again.written) == (5, 0)
 
 
+def test_a_second_tokenize_into_the_same_folder_stops_at_once(clips, reference, tmp_path):
+    import subprocess
+    import sys
+
+    from wavslm.io import output_lock
+
+    manifest, out = tmp_path / "clips.jsonl", tmp_path / "tok"
+    command = [sys.executable, "-m", "wavslm.cli", "tokenize", str(manifest), "-o", str(out), "--codec",
+               str(reference / "codec_tiny_causal"), "--device", "cpu"]
+    with output_lock(out / "part-000"):  # this process is the first writer
+        second = subprocess.run(command, capture_output=True, text=True)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.startswith("wavslm tokenize: error: ") and second.stderr.count("\n") == 1, second.stderr
+        assert "is being written by another process" in second.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".part-000.lock"]  # the second wrote nothing
+    first = subprocess.run(command, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert len(TokenShards(out)) == 5 and not list(out.glob(".*.lock"))
+
+
 def test_two_ranks_merged_equal_one_rank_and_bad_files_are_skipped(clips, codec, tmp_path):
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF----WAVEfmt nonsense")

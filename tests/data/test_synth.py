@@ -104,6 +104,12 @@ def test_corpus_bad_input_and_interruption(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         synth.make_corpus(tmp_path / "cut", 0.01, workers=1, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # nothing half-written
+    from wavslm.io import output_lock
+
+    with output_lock(tmp_path / "busy"):  # a second writer of the same corpus stops before any synthesis
+        with pytest.raises(InputError, match="is being written by another process"):
+            synth.make_corpus(tmp_path / "busy", 0.01, workers=1, progress=False)
+    assert len(calls) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["full"]
 
 
 def test_bench_uses_the_corpus_test_voices(bench, corpus):

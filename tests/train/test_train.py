@@ -172,6 +172,19 @@ def test_config_errors(shards, tmp_path):
         train("lm", tmp_path / "bad", tmp_path / "audio.yaml")
 
 
+def test_a_second_writer_of_a_run_folder_stops_before_anything_is_written(shards, tmp_path):
+    from wavslm import InputError
+    from wavslm.io import output_lock
+
+    config = write_config(tmp_path / "c.yaml", lm_settings(shards, steps=2))
+    with output_lock(tmp_path / "run"):
+        with pytest.raises(InputError, match="'.*run' is being written by another process"):
+            train("lm", tmp_path / "run", config)
+        assert not (tmp_path / "run").exists()
+    train("lm", tmp_path / "run", config)
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
 def test_manifest_and_tokenize_under_torchrun_equal_one_process(speech, reference, tmp_path):
     codec = reference / "codec_tiny_causal"
     made = run_cli(sys.executable, "-m", "wavslm.cli", "manifest", speech / "librispeech-dev-clean", "-o", tmp_path / "m.jsonl")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..audio import load_audio
 from ..codec import Codec
 from ..errors import InputError
-from ..io import write_atomic, write_json
+from ..io import output_lock, write_atomic, write_json
 from .manifest import as_entries
 from .shards import ShardWriter, TokenShards, merge_shards
 
@@ -126,38 +126,39 @@ def tokenize_manifest(
     part = part_dir(output_dir, rank)
     summary = TokenizeSummary(part=part, rank=rank, world_size=world_size, assigned=len(items))
 
-    _check_split(part, rank, world_size)
-    extra = {"rank": rank, "world_size": world_size}
-    with ShardWriter(part, codec.vocab_size, codec=codec_ref, frame_rate=codec.frame_rate, extra=extra) as writer:
-        done = _check_resume(writer, entries, rank, world_size)
-        summary.done_before = len(done)
-        (part / DONE).unlink(missing_ok=True)  # this part is incomplete until the end of this call
-        bar = tqdm(total=len(items), initial=len(done), desc=f"tokenize [{rank}]", unit="utt",
-                   disable=None if progress else True, delay=1.0, leave=False)
-        with bar:
-            for item in items:
-                if item in done:
-                    continue
-                path = entries[item]["path"]
-                try:
-                    sig, _ = load_audio(path, codec.sample_rate_input, mono=True)
-                    toks = encode_long(codec, sig, batch_seconds)
-                except InputError as err:
-                    summary.skipped.append((path, str(err)))
-                    log.info("skipping '%s': %s", path, err)
+    with output_lock(part):  # one writer per part: a second run into the same folder stops at once
+        _check_split(part, rank, world_size)
+        extra = {"rank": rank, "world_size": world_size}
+        with ShardWriter(part, codec.vocab_size, codec=codec_ref, frame_rate=codec.frame_rate, extra=extra) as writer:
+            done = _check_resume(writer, entries, rank, world_size)
+            summary.done_before = len(done)
+            (part / DONE).unlink(missing_ok=True)  # this part is incomplete until the end of this call
+            bar = tqdm(total=len(items), initial=len(done), desc=f"tokenize [{rank}]", unit="utt",
+                       disable=None if progress else True, delay=1.0, leave=False)
+            with bar:
+                for item in items:
+                    if item in done:
+                        continue
+                    path = entries[item]["path"]
+                    try:
+                        sig, _ = load_audio(path, codec.sample_rate_input, mono=True)
+                        toks = encode_long(codec, sig, batch_seconds)
+                    except InputError as err:
+                        summary.skipped.append((path, str(err)))
+                        log.info("skipping '%s': %s", path, err)
+                        bar.update()
+                        continue
+                    writer.append(toks, path, item=item)
+                    summary.written += 1
+                    summary.num_tokens += toks.numel()
+                    summary.audio_seconds += sig.shape[1] / codec.sample_rate_input
                     bar.update()
-                    continue
-                writer.append(toks, path, item=item)
-                summary.written += 1
-                summary.num_tokens += toks.numel()
-                summary.audio_seconds += sig.shape[1] / codec.sample_rate_input
-                bar.update()
-    skipped = [{"path": p, "reason": r} for p, r in summary.skipped]
-    write_json(part / DONE, {"rank": rank, "world_size": world_size, "assigned": len(items),
-                             "written": len(writer), "skipped": skipped})
-    if merge and rank == 0 and all((part_dir(output_dir, r) / DONE).exists() for r in range(world_size)):
-        merge_parts(output_dir, world_size)
-        summary.merged = Path(output_dir)
+        skipped = [{"path": p, "reason": r} for p, r in summary.skipped]
+        write_json(part / DONE, {"rank": rank, "world_size": world_size, "assigned": len(items),
+                                 "written": len(writer), "skipped": skipped})
+        if merge and rank == 0 and all((part_dir(output_dir, r) / DONE).exists() for r in range(world_size)):
+            merge_parts(output_dir, world_size)
+            summary.merged = Path(output_dir)
     return summary
 
 

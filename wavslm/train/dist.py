@@ -57,6 +57,14 @@ def mean(d: Dist, values: dict[str, float]) -> dict[str, float]:
     return {k: v / d.world for k, v in zip(keys, t.tolist(), strict=True)}
 
 
+def all_true(d: Dist, flag: bool) -> bool:
+    """True when `flag` holds on every rank (so that all ranks go on, or all stop, together)."""
+    ok = torch.tensor([int(flag)], dtype=torch.int32, device=d.device)
+    if d.active:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
 def all_finite(d: Dist, loss: torch.Tensor) -> bool:
     """True when the loss is finite on every rank (so all ranks stop together)."""
     ok = torch.isfinite(loss.detach()).all().to(torch.int32).reshape(1)

@@ -6,6 +6,8 @@ of the chosen stage's section (values parsed as YAML). The resolved config is wr
 """
 
 import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,27 @@ import yaml
 
 from ..config import from_dict, renamed, to_dict
 from ..errors import InputError
-from ..io import write_atomic
+from ..io import output_lock, write_atomic
 from ..pretrained import preset_path
 from . import dist as distributed
 from .loop import Trainer
 
 log = logging.getLogger("wavslm.train")
+
+
+@contextmanager
+def _locked(d: distributed.Dist, run_dir: Path) -> Iterator[None]:
+    """The main rank holds `run_dir`'s output lock for the block; when it cannot, every rank stops."""
+    with ExitStack() as held:
+        refused = None
+        if d.main:
+            try:
+                held.enter_context(output_lock(run_dir))
+            except InputError as error:
+                refused = error
+        if not distributed.all_true(d, refused is None):
+            raise refused or InputError(f"'{run_dir}' is being written by another process")
+        yield
 
 
 def _stages() -> dict[str, tuple[type, Any]]:
@@ -107,17 +124,23 @@ def train(
         cfg = resolve(stage, config, overrides)
     d = distributed.setup(device)
     try:
-        if d.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        distributed.barrier(d)
-        import torch
-
-        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-
-        def write_config() -> None:  # once the run is under way: a resume's settings fit its checkpoint
-            write_atomic(saved, yaml.safe_dump({"stage": stage, "config": to_dict(cfg)}, sort_keys=False))
-
-        built = _stages()[stage][1](cfg, d.device)
-        return Trainer(built, cfg.train, run_dir, d, name=stage, resume=resume, on_start=write_config).run()
+        with _locked(d, run_dir):
+            return _run(stage, cfg, run_dir, d, resume)
     finally:
         distributed.teardown(d)
+
+
+def _run(stage: str, cfg: Any, run_dir: Path, d: distributed.Dist, resume: bool) -> dict[str, float]:
+    saved = run_dir / "config.yaml"
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(d)
+    import torch
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+
+    def write_config() -> None:  # once the run is under way: a resume's settings fit its checkpoint
+        write_atomic(saved, yaml.safe_dump({"stage": stage, "config": to_dict(cfg)}, sort_keys=False))
+
+    built = _stages()[stage][1](cfg, d.device)
+    return Trainer(built, cfg.train, run_dir, d, name=stage, resume=resume, on_start=write_config).run()
