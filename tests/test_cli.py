@@ -131,6 +131,16 @@ def test_outputs_never_replace_inputs(models, clip, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
+    (["--max-duration", "nan"], "--max-duration must be a number of seconds of at least 0, got nan"),
+    (["--min-duration", "-1"], "--min-duration must be a number of seconds of at least 0, got -1.0"),
+    (["--min-duration", "5", "--max-duration", "2"], "--min-duration (5.0 s) is above --max-duration (2.0 s)"),
+])
+def test_manifest_duration_bounds_are_checked(speech, tmp_path, capsys, flags, message):
+    _refused(capsys, ["manifest", speech, "-o", tmp_path / "m.jsonl", *flags], message)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, message", [
     (["--seconds", "nan"], "--seconds must be a positive number"),
     (["--seconds", "inf"], "--seconds must be a positive number"),
     (["--seconds", "-1"], "--seconds must be a positive number"),
@@ -169,6 +179,23 @@ def test_top_k_alone_is_taken_and_bad_api_values_get_one_sentence(models):
                             ({"seed": 1.5}, "seed must be an integer"), ({"temp": float("inf")}, "temperature")):
         with pytest.raises(InputError, match=message):
             lm.generate(bos_toks=prompt, **{"max_gen_toks": 8, **kwargs} if "max_gen_secs" not in kwargs else kwargs)
+    for prompt, message in (([0.0] * 1600, r"bos_sig must be a tensor .*; got a list of float"),
+                            (torch.zeros(0, 1600), r"bos_sig holds no rows \(shape \(0, 1600\)\)"),
+                            (torch.zeros(1, 1, 1600), "got a 3-D tensor"), ([], "bos_sig is an empty list"),
+                            (torch.zeros(1, 1801 * 16000), "the prompt lasts 1801 s; at most 1800 s")):
+        with pytest.raises(InputError, match=message):
+            lm.generate(bos_sig=prompt, sample_rate=16000, max_gen_toks=8)
+    with pytest.raises(InputError, match="the prompt lasts 1801 s"):
+        lm.generate(bos_toks=torch.zeros(1, 1801 * 50, dtype=torch.long), max_gen_toks=8)
+
+
+def test_a_prompt_file_over_thirty_minutes_is_refused_from_its_header(models, tmp_path, capsys):
+    long = tmp_path / "long.wav"
+    with sf.SoundFile(long, "w", samplerate=8000, channels=1, subtype="PCM_16") as f:
+        for _ in range(31):
+            f.write(np.zeros(60 * 8000, dtype=np.int16))
+    _refused(capsys, ["generate", long, "-o", tmp_path / "g.wav", "--model", models[0]],
+             "audio file '" + str(long) + "' lasts 1860 s; at most 1800 s (30 min) are read")
 
 
 # ---- a full or read-only disk: one sentence naming the user's file, no temporary left ---------------

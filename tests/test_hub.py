@@ -98,6 +98,25 @@ def test_weights_that_do_not_fit(lm_copy):
         WavSLM.from_pretrained(lm_copy)
 
 
+def test_weights_holding_nan_or_inf_are_refused_at_load(lm_copy):
+    state = load_file(lm_copy / "model.safetensors")
+    state["head.weight"][3, 5] = float("nan")
+    state["encoder.norm.bias"][0] = float("inf")
+    save_file(state, lm_copy / "model.safetensors")
+    with pytest.raises(InputError, match=r"hold NaN or infinite values \(in encoder.norm.bias, head.weight\)"):
+        WavSLM.from_pretrained(lm_copy)
+
+
+def test_sizes_that_cannot_make_a_model_are_one_sentence():
+    from wavslm.wavlm import WavLM, WavLMConfig
+
+    with pytest.raises(InputError, match=r"this WavLM config cannot be built: dim \(192\) must be divisible by "
+                                         r"num_heads \(5\)"):
+        WavLM(WavLMConfig(hidden_dims=[64] * 7, num_layers=1, dim=192, ffn_dim=64, num_heads=5))
+    with pytest.raises(InputError, match="must have one entry per conv layer, got 2, 7 and 7"):
+        WavLM(WavLMConfig(hidden_dims=[64, 64], num_layers=1, dim=192, ffn_dim=64, num_heads=4))
+
+
 def test_codec_not_found(lm_copy):
     edit_config(lm_copy, codec_config="../no_such_codec")
     with pytest.raises(InputError, match="cannot load the codec '../no_such_codec' named by .*config.json"):

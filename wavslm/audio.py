@@ -62,7 +62,7 @@ def _check_rate(sample_rate, what: str) -> None:
 
 
 def load_audio(
-    path: str | os.PathLike, sample_rate: int | None = None, mono: bool = False
+    path: str | os.PathLike, sample_rate: int | None = None, mono: bool = False, max_seconds: float | None = None
 ) -> tuple[torch.Tensor, int]:
     """Read an audio file as float32.
 
@@ -70,12 +70,14 @@ def load_audio(
         path: a file libsndfile reads (WAV, FLAC, OGG/Vorbis, ...).
         sample_rate: resample to this rate (soxr, high quality) when given and different from the file's.
         mono: average the channels into one.
+        max_seconds: refuse a longer file from its header, before reading any sample.
 
     Returns:
         `(sig, sr)`: `sig` is float32 `(channels, samples)` (`(1, samples)` when `mono`), `sr` its rate.
 
     Raises:
-        InputError: missing path, directory, empty or corrupt file, NaN/Inf samples, bad `sample_rate`.
+        InputError: missing path, directory, empty or corrupt file, NaN/Inf samples, bad `sample_rate`, a
+            file longer than `max_seconds`.
     """
     if sample_rate is not None:
         _check_rate(sample_rate, f"target sample rate for '{path}'")
@@ -89,6 +91,9 @@ def load_audio(
     if file.stat().st_size == 0:
         raise InputError(f"audio file '{path}' is empty (0 bytes)")
     try:
+        if max_seconds is not None and (seconds := sf.info(file).duration) > max_seconds:
+            raise InputError(f"audio file '{path}' lasts {seconds:.0f} s; at most {max_seconds:.0f} s "
+                             f"({max_seconds / 60:.0f} min) are read: cut it to its last part")
         # always_2d gives (frames, channels) even for mono; libsndfile scales integer PCM to [-1, 1).
         data, sr = sf.read(file, dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .audio import WavStreamWriter, load_audio, save_audio
 from .errors import InputError, Terminated, describe_os_error
 from .generation import generate_steps, prompt_tokens
+from .generation.prompts import MAX_PROMPT_SECONDS
 from .io import AUDIO_EXTENSIONS, write_json, write_npy
 from .pretrained import BUNDLED_CODEC, OPTIMIZE, load_codec, load_lm
 from .serve import command as serve
@@ -106,8 +107,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     ]
     for path in outputs:
         _check_output(path, args.input)
+    sig, sr = load_audio(args.input, mono=True, max_seconds=MAX_PROMPT_SECONDS)
     lm = load_lm(args.model, args.device, args.optimize)
-    sig, sr = load_audio(args.input, mono=True)
     toks = prompt_tokens(lm, sig, sr, None) * args.num  # one encoding, N independent continuations
     steps = max(1, int(args.seconds * lm.codec.frame_rate) // lm.toks_per_step)
     rate = lm.codec.sample_rate_output

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import hub
-from .config import from_dict
+from .config import buildable, from_dict
 from .errors import InputError
 from .modules.bsq import BinarySphericalQuantizer
 from .modules.focal import FocalCompressor, FocalDecompressor
@@ -70,7 +70,8 @@ class Codec(nn.Module):
             name = getattr(config, f"{part}_name")
             if name not in builders:
                 raise InputError(f"unknown {part}_name {name!r}; expected one of {sorted(builders)}")
-            self.add_module(part, builders[name](getattr(config, f"{part}_config")))
+            with buildable(f"codec {part}"):
+                self.add_module(part, builders[name](getattr(config, f"{part}_config")))
         if self.compressor.config.output_dim != self.quantizer.bits:
             raise InputError(
                 f"the compressor emits {self.compressor.config.output_dim} dims but the quantizer needs "

@@ -2,6 +2,8 @@
 
 import dataclasses
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .errors import InputError
@@ -85,3 +87,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+@contextmanager
+def buildable(what: str) -> Iterator[None]:
+    """Sizes that cannot make a model (heads that do not divide the width, groups that do not divide the
+    channels) are bad input: the `ValueError` a module raises becomes one sentence naming `what`."""
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as error:
+        raise InputError(f"this {what} config cannot be built: {error}") from error

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from . import hub
 from .codec import Codec
-from .config import from_dict, to_dict
+from .config import buildable, from_dict, to_dict
 from .errors import InputError
 from .generation import LiveSession, generate, stream
 from .modules.linear import Linear
@@ -58,10 +58,8 @@ class WavSLM(nn.Module):
     def __init__(self, config: WavSLMConfig, codec: Codec | None = None):
         super().__init__()
         self.config = config
-        try:
+        with buildable("WavSLM"):
             self.encoder = self._stack(config)
-        except ValueError as error:  # sizes that cannot make a model, e.g. heads that do not divide the width
-            raise InputError(f"this WavSLM config cannot be built: {error}") from error
         self.head = Linear(config.dim, config.vocab_size, bias=False)
         self.codec = None
         if codec is not None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import hub
+from .config import buildable
 from .errors import InputError
 from .modules.linear import Linear
 from .modules.transformer import TransformerEncoder, TransformerState
@@ -113,6 +114,10 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, config: WavLMConfig):
         super().__init__()
+        sizes = (len(config.hidden_dims), len(config.kernel_sizes), len(config.strides))
+        if len(set(sizes)) != 1:
+            raise ValueError(f"hidden_dims, kernel_sizes and strides must have one entry per conv layer, got "
+                             f"{sizes[0]}, {sizes[1]} and {sizes[2]}")
         dims = [1, *config.hidden_dims]
         self.layers = nn.ModuleList(
             ConvBlock(dims[i], dims[i + 1], k, s, config.conv_bias, config.dropout, config.causal)
@@ -141,25 +146,26 @@ class WavLM(nn.Module):
     def __init__(self, config: WavLMConfig):
         super().__init__()
         self.config = config
-        self.feature_extractor = FeatureExtractor(config)
-        self.norm = nn.LayerNorm(config.hidden_dims[-1])
-        self.feature_proj = Linear(config.hidden_dims[-1], config.dim)
-        self.dropout = nn.Dropout(config.dropout)
-        self.encoder = TransformerEncoder(
-            num_layers=config.num_layers,
-            dim=config.dim,
-            ffn_dim=config.ffn_dim,
-            num_heads=config.num_heads,
-            num_buckets=config.num_buckets,
-            max_distance=config.max_distance,
-            dropout=config.dropout,
-            causal=config.causal,
-            window_size=config.window_size,
-            chunk_size=1 + config.lookahead_size,
-            conv_pos=config.conv_pos,
-            conv_pos_groups=config.conv_pos_groups,
-            final_norm=config.final_norm,
-        )
+        with buildable("WavLM"):
+            self.feature_extractor = FeatureExtractor(config)
+            self.norm = nn.LayerNorm(config.hidden_dims[-1])
+            self.feature_proj = Linear(config.hidden_dims[-1], config.dim)
+            self.dropout = nn.Dropout(config.dropout)
+            self.encoder = TransformerEncoder(
+                num_layers=config.num_layers,
+                dim=config.dim,
+                ffn_dim=config.ffn_dim,
+                num_heads=config.num_heads,
+                num_buckets=config.num_buckets,
+                max_distance=config.max_distance,
+                dropout=config.dropout,
+                causal=config.causal,
+                window_size=config.window_size,
+                chunk_size=1 + config.lookahead_size,
+                conv_pos=config.conv_pos,
+                conv_pos_groups=config.conv_pos_groups,
+                final_norm=config.final_norm,
+            )
 
     def extract(self, sig: Tensor, contexts: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
         """Normalised conv features `(B, T, hidden_dims[-1])` (Hugging Face's `extract_features`)."""

@@ -10,6 +10,7 @@ malformed entry.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +86,12 @@ def build_manifest(
 
     Unreadable files (corrupt, empty, not audio) are skipped and reported in the summary.
     """
+    for name, bound in (("--min-duration", min_duration), ("--max-duration", max_duration)):
+        if bound is not None and not (math.isfinite(bound) and bound >= 0):
+            raise InputError(f"{name} must be a number of seconds of at least 0, got {bound}")
+    if min_duration is not None and max_duration is not None and min_duration > max_duration:
+        raise InputError(f"--min-duration ({min_duration} s) is above --max-duration ({max_duration} s): no file "
+                         "could be kept")
     files = find_audio(audio_dir, extensions=extensions, allow_empty=True)
     out = Path(output)
     summary = ManifestSummary(output=out)

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 Prompt = Tensor | list[Tensor]
 
+# The longest prompt read, audio or tokens (checked before any work). Memory grows linearly with the
+# prompt (it is read in windows): 30 minutes peaked at 1.7 GB with the bundled model, 10 minutes at 1.0 GB.
+MAX_PROMPT_SECONDS = 1800.0
+
 
 def prompt_tokens(lm: "WavSLM", bos_sig: Prompt | None, sample_rate: int | None, bos_toks: Prompt | None) -> list[Tensor]:
     """The prompts as token rows `(T_b,)`, each left-trimmed to whole chunks of `toks_per_step`.
@@ -35,16 +39,18 @@ def prompt_tokens(lm: "WavSLM", bos_sig: Prompt | None, sample_rate: int | None,
     if bos_sig is not None:
         if sample_rate is None:
             raise InputError("sample_rate is required with bos_sig")
-        rows = encode_rows(codec, [resample(sig.reshape(1, -1), sample_rate, codec.sample_rate_input)
-                                   for sig in _rows(bos_sig)])
+        sigs = _rows(bos_sig, "bos_sig")
+        check_prompt_seconds(max(s.shape[-1] for s in sigs) / sample_rate)
+        rows = encode_rows(codec, [resample(sig.reshape(1, -1), sample_rate, codec.sample_rate_input) for sig in sigs])
     else:
         rows = []
-        for toks in _rows(bos_toks):
+        for toks in _rows(bos_toks, "bos_toks"):
             if toks.dtype not in (torch.int32, torch.int64) or toks.numel() == 0:
                 raise InputError("bos_toks must be non-empty integer tokens (B, T) or a list of (T,)")
             if int(toks.min()) < 0 or int(toks.max()) >= lm.config.vocab_size:
                 raise InputError(f"bos_toks must lie in [0, {lm.config.vocab_size})")
             rows.append(toks.reshape(-1).long())
+        check_prompt_seconds(max(len(r) for r in rows) / codec.frame_rate)
     C = lm.toks_per_step
     shortest = min(len(r) for r in rows)
     if shortest < C:
@@ -69,11 +75,29 @@ def by_length(rows: list[Tensor]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _rows(prompt: Prompt) -> list[Tensor]:
+def check_prompt_seconds(seconds: float) -> None:
+    """Refuse a prompt longer than `MAX_PROMPT_SECONDS`, in one sentence."""
+    if seconds > MAX_PROMPT_SECONDS:
+        raise InputError(f"the prompt lasts {seconds:.0f} s; at most {MAX_PROMPT_SECONDS:.0f} s "
+                         f"({MAX_PROMPT_SECONDS / 60:.0f} min) are read: cut it to its last part")
+
+
+def _rows(prompt: Prompt, name: str) -> list[Tensor]:
+    """The rows of a prompt `(B, N)`, `(N,)` or a list of `(N_b,)`, each a 1-D tensor; one sentence otherwise."""
+    shape = f"{name} must be a tensor (B, N) or (N,), or a list of 1-D tensors"
     if isinstance(prompt, (list, tuple)):
         if not prompt:
-            raise InputError("the prompt list is empty")
+            raise InputError(f"{name} is an empty list")
+        if not all(isinstance(row, Tensor) and row.ndim == 1 for row in prompt):
+            kinds = sorted({type(row).__name__ if not isinstance(row, Tensor) else f"{row.ndim}-D tensor"
+                            for row in prompt})
+            raise InputError(f"{shape}; got a list of {', '.join(kinds)}")
         return list(prompt)
+    if not isinstance(prompt, Tensor) or prompt.ndim not in (1, 2):
+        got = f"a {prompt.ndim}-D tensor" if isinstance(prompt, Tensor) else f"a {type(prompt).__name__}"
+        raise InputError(f"{shape}; got {got}")
+    if prompt.ndim == 2 and prompt.shape[0] == 0:
+        raise InputError(f"{name} holds no rows (shape {tuple(prompt.shape)})")
     return list(prompt) if prompt.ndim == 2 else [prompt]
 
 
