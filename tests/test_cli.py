@@ -182,6 +182,7 @@ def test_top_k_alone_is_taken_and_bad_api_values_get_one_sentence(models):
     for prompt, message in (([0.0] * 1600, r"bos_sig must be a tensor .*; got a list of float"),
                             (torch.zeros(0, 1600), r"bos_sig holds no rows \(shape \(0, 1600\)\)"),
                             (torch.zeros(1, 1, 1600), "got a 3-D tensor"), ([], "bos_sig is an empty list"),
+                            ([torch.zeros(2, 1600)], r"got a list of \(2, 1600\) tensor"),
                             (torch.zeros(1, 1801 * 16000), "the prompt lasts 1801 s; at most 1800 s")):
         with pytest.raises(InputError, match=message):
             lm.generate(bos_sig=prompt, sample_rate=16000, max_gen_toks=8)

@@ -79,6 +79,17 @@ def test_spoken_prompts_of_different_lengths(lm, speech):
     assert toks.shape == (2, 20) and gen.shape[0] == 2
 
 
+def test_prompts_of_one_length_are_encoded_in_one_call(lm, speech, monkeypatch):
+    from wavslm.generation import prompt_tokens
+
+    sig, sr = load_audio(sorted((speech / "librispeech-dev-clean" / "84").glob("*.wav"))[0], 16000)
+    calls, encode = [], lm.codec.encode
+    monkeypatch.setattr(lm.codec, "encode", lambda x, *a, **k: (calls.append(len(x)), encode(x, *a, **k))[1])
+    # The server's form, rows (1, N) in a list, as well as 1-D rows: equal lengths make one batch.
+    rows = prompt_tokens(lm, [sig[:, :sr], sig[:, sr : 2 * sr], sig[0, :sr]], sr, None)
+    assert calls == [3] and len(rows) == 3 and torch.equal(rows[0], rows[2])
+
+
 def test_sampling_is_pure_and_respects_its_settings():
     logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]]).repeat(2000, 1)
     assert torch.equal(sample_next_token(logits, top_p=0.0), torch.full((2000,), 2))

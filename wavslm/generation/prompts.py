@@ -83,16 +83,17 @@ def check_prompt_seconds(seconds: float) -> None:
 
 
 def _rows(prompt: Prompt, name: str) -> list[Tensor]:
-    """The rows of a prompt `(B, N)`, `(N,)` or a list of `(N_b,)`, each a 1-D tensor; one sentence otherwise."""
-    shape = f"{name} must be a tensor (B, N) or (N,), or a list of 1-D tensors"
+    """The rows of a prompt `(B, N)`, `(N,)` or a list of `(N_b,)` or `(1, N_b)`, each as `(N,)`; one sentence
+    otherwise."""
+    shape = f"{name} must be a tensor (B, N) or (N,), or a list of (N,) or (1, N) tensors"
     if isinstance(prompt, (list, tuple)):
         if not prompt:
             raise InputError(f"{name} is an empty list")
-        if not all(isinstance(row, Tensor) and row.ndim == 1 for row in prompt):
-            kinds = sorted({type(row).__name__ if not isinstance(row, Tensor) else f"{row.ndim}-D tensor"
+        if not all(isinstance(row, Tensor) and (row.ndim == 1 or (row.ndim == 2 and len(row) == 1)) for row in prompt):
+            kinds = sorted({type(row).__name__ if not isinstance(row, Tensor) else f"{tuple(row.shape)} tensor"
                             for row in prompt})
             raise InputError(f"{shape}; got a list of {', '.join(kinds)}")
-        return list(prompt)
+        return [row.reshape(-1) for row in prompt]
     if not isinstance(prompt, Tensor) or prompt.ndim not in (1, 2):
         got = f"a {prompt.ndim}-D tensor" if isinstance(prompt, Tensor) else f"a {type(prompt).__name__}"
         raise InputError(f"{shape}; got {got}")
