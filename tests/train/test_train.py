@@ -172,6 +172,33 @@ def test_config_errors(shards, tmp_path):
         train("lm", tmp_path / "bad", tmp_path / "audio.yaml")
 
 
+def test_worker_processes_give_the_same_batches_and_the_same_model(shards, tmp_path):
+    exported = {}
+    for workers in (0, 2):
+        settings = lm_settings(shards, steps=12, batch_size=4, grad_accum=2, num_workers=workers, valid_every=100)
+        train("lm", tmp_path / f"w{workers}", write_config(tmp_path / f"w{workers}.yaml", settings))
+        exported[workers] = load_file(tmp_path / f"w{workers}" / "export" / "lm" / "model.safetensors")
+    assert all(torch.equal(exported[0][k], exported[2][k]) for k in exported[0])
+    assert losses(tmp_path / "w0") == losses(tmp_path / "w2")
+    # What the workers collate is each step's share of its global batch, cropped as its epoch says.
+    from wavslm.data.shards import TokenCrops, collate_tokens
+    from wavslm.train.loop import EpochItems, StepSampler, TrainConfig, global_batch, micro_batches
+
+    crops = TokenCrops(shards[0], crop_tokens=16)
+    cfg = TrainConfig(steps=6, batch_size=4, grad_accum=2, seed=3)
+    loader = torch.utils.data.DataLoader(EpochItems(crops), batch_sampler=StepSampler(len(crops), cfg, 1, 2, start=2),
+                                         collate_fn=collate_tokens, num_workers=2)
+    expected = []
+    for step in range(2, 6):  # from step 2, as a resumed run; rank 1 of 2
+        epoch, indices = global_batch(step, 4, len(crops), 3)
+        crops.set_epoch(epoch)
+        expected += [collate_tokens([crops[i] for i in part]) for part in micro_batches(indices, 1, 2, 2)]
+    got = list(loader)
+    assert len(got) == len(expected) == 8
+    assert all(torch.equal(g[k], e[k]) for g, e in zip(got, expected, strict=True) for k in e)
+    assert len({tuple(e["toks"].flatten().tolist()) for e in expected}) > 1  # the epochs' crops differ
+
+
 def test_a_second_writer_of_a_run_folder_stops_before_anything_is_written(shards, tmp_path):
     from wavslm import InputError
     from wavslm.io import output_lock

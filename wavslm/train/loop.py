@@ -4,7 +4,10 @@ A step consumes one global batch: its items are split across ranks and then into
 micro-batches; gradients are averaged (DistributedDataParallel under torchrun), clipped, and every
 optimizer steps. The global batch of step s is a deterministic function of (seed, s), and per-item
 randomness (crops) is seeded by (seed, epoch, item), so one process and N processes see the same data,
-and a resumed run continues exactly where the killed one was.
+and a resumed run continues exactly where the killed one was. Micro-batches come through a
+`torch.utils.data.DataLoader` whose batch sampler (`StepSampler`) yields this rank's share of each
+step's global batch: with `train.num_workers` > 0, items are read, cropped and collated in worker
+processes ahead of the step, and the batches are the same ones, in the same order.
 """
 
 import logging
@@ -52,6 +55,8 @@ class TrainConfig:
     log_every: int = 10
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 0
+    num_workers: int = 0  # DataLoader worker processes reading and collating micro-batches (0: in the loop)
+    prefetch_factor: int = 2  # micro-batches each worker keeps ready
     export: str = "last"  # last | best (the weights of the best validation loss, when there was validation)
 
     def __post_init__(self) -> None:
@@ -59,7 +64,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "valid_every", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"train: '{name}' must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "valid_batches"):
+        for name in ("warmup_steps", "valid_batches", "num_workers"):
             if getattr(self, name) < 0:
                 raise InputError(f"train: '{name}' must not be negative, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -67,6 +72,8 @@ class TrainConfig:
         for name in ("weight_decay", "clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise InputError(f"train: '{name}' must be a finite number of at least 0, got {getattr(self, name)}")
+        if self.prefetch_factor < 1:
+            raise InputError(f"train: 'prefetch_factor' must be at least 1, got {self.prefetch_factor}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise InputError(f"train: 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
 
@@ -104,6 +111,48 @@ def global_batch(step: int, size: int, n_items: int, seed: int) -> tuple[int, li
     return epoch, perm[b * size : (b + 1) * size].tolist()
 
 
+def micro_batches(indices: list[int], rank: int, world: int, grad_accum: int) -> list[list[int]]:
+    """This rank's share of a global batch (every `world`-th item from `rank`), split into `grad_accum` parts."""
+    mine = indices[rank::world]
+    per = len(mine) // grad_accum
+    return [mine[i * per : (i + 1) * per] for i in range(grad_accum)]
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """The batch sampler of a run: this rank's micro-batches of steps `start` to `cfg.steps - 1`, in order,
+    each a list of `(epoch, item)` keys (a worker's copy of the dataset learns the epoch from the key)."""
+
+    def __init__(self, n_items: int, cfg: TrainConfig, rank: int, world: int, start: int):
+        self.n_items, self.cfg, self.rank, self.world, self.start = n_items, cfg, rank, world, start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        c = self.cfg
+        for step in range(self.start, c.steps):
+            epoch, indices = global_batch(step, c.batch_size, self.n_items, c.seed)
+            for part in micro_batches(indices, self.rank, self.world, c.grad_accum):
+                yield [(epoch, i) for i in part]
+
+    def __len__(self) -> int:
+        return (self.cfg.steps - self.start) * self.cfg.grad_accum
+
+
+class EpochItems(torch.utils.data.Dataset):
+    """`dataset[(epoch, i)]`: item `i` as epoch `epoch` makes it (`set_epoch` first, when the dataset has
+    per-epoch randomness), so that worker processes need no word from the loop."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
 class Trainer:
     """Runs a stage for `cfg.steps` steps in `run_dir`; with `resume`, from the newest intact checkpoint of
     `run_dir/checkpoints` (`last.pt`, else `best.pt`, saying so). `on_start` runs (on the main rank) once the
@@ -134,6 +183,7 @@ class Trainer:
         self.step = 0
         self.best = math.inf
         self.writer = None
+        self._batches: Iterator[dict[str, Tensor]] | None = None  # made at the first step (after any resume)
         self._resumed_at: int | None = None  # the first step a resumed run makes again
         self._start = time.perf_counter()
 
@@ -224,10 +274,14 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------------
 
-    def _micro_batches(self, indices: list[int]) -> list[list[int]]:
-        mine = indices[self.dist.rank :: self.dist.world]
-        per = len(mine) // self.cfg.grad_accum
-        return [mine[i * per : (i + 1) * per] for i in range(self.cfg.grad_accum)]
+    def _loader(self) -> Iterator[dict[str, Tensor]]:
+        """This rank's collated micro-batches from the current step to the end, in order."""
+        c, workers = self.cfg, self.cfg.num_workers
+        sampler = StepSampler(len(self.train_set), c, self.dist.rank, self.dist.world, self.step)
+        extra = {"prefetch_factor": c.prefetch_factor} if workers else {}
+        return iter(torch.utils.data.DataLoader(
+            EpochItems(self.train_set), batch_sampler=sampler, collate_fn=self.stage.collate, num_workers=workers,
+            pin_memory=workers > 0 and self.dist.device.type == "cuda", **extra))
 
     def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.dist.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
@@ -238,17 +292,16 @@ class Trainer:
         return nullcontext()
 
     def train_step(self) -> dict[str, float]:
-        epoch, indices = global_batch(self.step, self.cfg.batch_size, len(self.train_set), self.cfg.seed)
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(epoch)
+        if self._batches is None:
+            self._batches = self._loader()
         for net in self.stage.raw.values():
             net.train()
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
-        micro = self._micro_batches(indices)
-        for i, part in enumerate(micro):
-            batch = self._to_device(self.stage.collate([self.train_set[j] for j in part]))
+        micro = range(self.cfg.grad_accum)
+        for i in micro:
+            batch = self._to_device(next(self._batches))
             with ExitStack() as stack:
                 if self.dist.active and i < len(micro) - 1:  # sync gradients on the last micro-batch only
                     for net in self.stage.nets.values():
@@ -349,6 +402,7 @@ class Trainer:
             if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
                 self.save("last.pt")
         bar.close()
+        self._batches = None  # lets the loader's workers go
         if self.writer is not None:
             self.writer.close()
         if self.dist.main:
