@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,6 +86,46 @@ def test_two_process_ddp_matches_one_process(shards, tmp_path):
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 6
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-5, (one, two)
+
+
+def _children(pid):
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if int(fields.get("PPid", "0").strip()) == pid:
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_worker_killed_under_torchrun_max_restarts_resumes_by_itself(shards, tmp_path):
+    settings = lm_settings(shards, steps=40, save_every=3, valid_every=100, lr=1e-3)
+    config = write_config(tmp_path / "c.yaml", settings)
+    command = ["-m", "wavslm.cli", "train", "lm", "--config", str(config), "-o"]
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                                 "--max-restarts=1", *command, str(tmp_path / "elastic")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = tmp_path / "elastic" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 10):
+        time.sleep(0.02)
+    workers = _children(launcher.pid)
+    assert workers, "no worker under torchrun"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)  # a worker dies mid-training: torchrun starts it again
+    err = launcher.communicate(timeout=300)[1]
+    assert launcher.returncode == 0, err[-8000:]
+    assert "torchrun restart 1: resuming" in err, err[-4000:]
+    clean = run_cli(sys.executable, *command, tmp_path / "clean", env={"OMP_NUM_THREADS": "1"})  # as torchrun's
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    a = load_file(tmp_path / "elastic" / "export" / "lm" / "model.safetensors")
+    b = load_file(tmp_path / "clean" / "export" / "lm" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
 def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(shards, tmp_path):

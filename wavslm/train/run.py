@@ -6,6 +6,7 @@ of the chosen stage's section (values parsed as YAML). The resolved config is wr
 """
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -107,9 +108,17 @@ def train(
     resume: bool = False,
     device: str = "auto",
 ) -> dict[str, float]:
-    """Run (or resume) one stage in `run_dir`; returns the last step's metrics."""
+    """Run (or resume) one stage in `run_dir`; returns the last step's metrics.
+
+    Under `torchrun --max-restarts N`, a restarted run (one of its workers died) resumes from its newest
+    checkpoint by itself: no `--resume` is typed between the restarts.
+    """
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if not resume and restart > 0 and saved.is_file() and any((run_dir / "checkpoints").glob("*.pt")):
+        log.warning("torchrun restart %d: resuming '%s' from its newest checkpoint", restart, run_dir)
+        resume = True
     if resume:
         if not saved.is_file():
             raise InputError(f"cannot resume: '{run_dir}' holds no config.yaml from an earlier run")
