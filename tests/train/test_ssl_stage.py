@@ -64,6 +64,7 @@ def test_iteration1_learns_mfcc_clusters_and_exports_a_hugging_face_wavlm(iterat
     curve = [r["loss"] for r in rows(iteration1)]
     first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
     assert len(curve) == 60 and last < 0.6 * first, curve[::6]  # measured: 2.85 -> 1.11
+    assert all(r["audio_seconds_per_s"] > 0 for r in rows(iteration1))  # the throughput of each log interval
     valid = rows(iteration1, "valid")[-1]
     assert valid["acc_masked"] > 0.4 and 0.3 < valid["mask_fraction"] < 0.8, valid
 

@@ -221,6 +221,8 @@ def test_worker_processes_give_the_same_batches_and_the_same_model(shards, tmp_p
         exported[workers] = load_file(tmp_path / f"w{workers}" / "export" / "lm" / "model.safetensors")
     assert all(torch.equal(exported[0][k], exported[2][k]) for k in exported[0])
     assert losses(tmp_path / "w0") == losses(tmp_path / "w2")
+    logged = [json.loads(line) for line in (tmp_path / "w2" / "log.jsonl").read_text().splitlines()]
+    assert all(r["tokens_per_s"] > 0 for r in logged if r["split"] == "train")  # each log interval's throughput
     # What the workers collate is each step's share of its global batch, cropped as its epoch says.
     from wavslm.data.shards import TokenCrops, collate_tokens
     from wavslm.train.loop import EpochItems, StepSampler, TrainConfig, global_batch, micro_batches

@@ -72,6 +72,8 @@ def masked_next_chunk_loss(logits: Tensor, toks: Tensor, length: Tensor, step: i
 class LMStage:
     """Trains a WavSLM on token shards; exports the released layout beside a copy of its codec."""
 
+    throughput = ("tokens_per_s", 1.0)  # what a batch's `length` counts, logged per second of training
+
     def __init__(self, cfg: LMStageConfig, device: torch.device):
         from ..data.shards import TokenCrops, TokenShards, collate_tokens
 

@@ -82,12 +82,15 @@ class Stage(Protocol):
     """What a training stage provides to the loop.
 
     `nets`: the trainable networks by name (the loop wraps them in DDP); `raw`: the same, unwrapped.
+    `throughput`: `(name, scale)`: the log gets `name`, the sum of the batches' `length` times `scale` per
+    second of training over every rank (tokens/s for the LM, audio seconds/s for the others).
     `train_step` yields `(optimizer name, loss, metrics)` one or more times per micro-batch; each loss
     is backpropagated as it is yielded, so a stage can alternate (e.g. discriminator then generator).
     """
 
     nets: dict[str, nn.Module]
     raw: dict[str, nn.Module]
+    throughput: tuple[str, float]
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]: ...
     def datasets(self) -> tuple[Any, Any | None]: ...
@@ -184,6 +187,7 @@ class Trainer:
         self.best = math.inf
         self.writer = None
         self._batches: Iterator[dict[str, Tensor]] | None = None  # made at the first step (after any resume)
+        self._amount = 0  # this rank's batch lengths since the last train log
         self._resumed_at: int | None = None  # the first step a resumed run makes again
         self._start = time.perf_counter()
 
@@ -301,7 +305,9 @@ class Trainer:
         totals: dict[str, float] = {}
         micro = range(self.cfg.grad_accum)
         for i in micro:
-            batch = self._to_device(next(self._batches))
+            batch = next(self._batches)
+            self._amount += int(batch["length"].sum())  # on the CPU, before the batch moves: no sync
+            batch = self._to_device(batch)
             with ExitStack() as stack:
                 if self.dist.active and i < len(micro) - 1:  # sync gradients on the last micro-batch only
                     for net in self.stage.nets.values():
@@ -355,6 +361,12 @@ class Trainer:
 
     # ---- the run ----------------------------------------------------------------------------------
 
+    def _throughput(self, since: float) -> dict[str, float]:
+        """Every rank's batch lengths since the last train log, scaled, per second (and the count restarted)."""
+        name, scale = self.stage.throughput
+        amount, self._amount = mean(self.dist, {name: self._amount * scale})[name] * self.dist.world, 0
+        return {name: amount / max(time.perf_counter() - since, 1e-9)}
+
     def _log(self, prefix: str, metrics: dict[str, float]) -> None:
         if not self.dist.main:
             return
@@ -384,13 +396,14 @@ class Trainer:
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.name, disable=not self.dist.main or None,
                    dynamic_ncols=True)
         last: dict[str, float] = {}
-        start = self._start = time.perf_counter()
+        start = since = self._start = time.perf_counter()
         while self.step < self.cfg.steps:
             last = self.train_step()
             bar.update(1)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if not k.startswith("grad")})
-                self._log("train", last)
+                self._log("train", {**last, **self._throughput(since)})
+                since = time.perf_counter()
             if self.step % self.cfg.valid_every == 0 or self.step == self.cfg.steps:
                 valid = self.validate()
                 if valid:

@@ -126,6 +126,8 @@ def item_masks(indices: Tensor, frames: Tensor, T: int, keys: tuple[int, ...], m
 class SSLStage:
     """HuBERT-style pre-training of a bidirectional WavLM (see the module notes); the loop drives it."""
 
+    throughput = ("audio_seconds_per_s", 1 / SAMPLE_RATE)  # what a batch's `length` counts, per second
+
     def __init__(self, cfg: SSLStageConfig, device: torch.device):
         self.cfg, self.device = cfg, torch.device(device)
         self._check()

@@ -69,6 +69,8 @@ class CodecStage(ABC):
     name: ClassVar[str]
     causal_encoder: ClassVar[bool] = False  # it distils a causal encoder: the codec's must be causal
     trains_decoder: ClassVar[bool] = False  # it may give an init_from codec a new decoder (another kind)
+    # What a batch's `length` counts (samples at the input rate), logged per second of training.
+    throughput: ClassVar[tuple[str, float]] = ("audio_seconds_per_s", 1 / Codec.sample_rate_input)
 
     def __init__(self, cfg: CodecStageConfig, device: torch.device):
         if cfg.decoder_input not in ("teacher", "codec"):
