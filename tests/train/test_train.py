@@ -88,6 +88,30 @@ def test_two_process_ddp_matches_one_process(shards, tmp_path):
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-5, (one, two)
 
 
+@pytest.mark.slow
+def test_two_nodes_by_c10d_rendezvous_match_one_process(shards, tmp_path):
+    import socket
+
+    config = write_config(tmp_path / "c.yaml", lm_settings(shards, steps=6, valid_every=100, save_every=100, lr=1e-3))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                               "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                               "--rdzv_id=wavslm-test", "-m", "wavslm.cli", "train", "lm", "--config", str(config),
+                               "-o", str(tmp_path / "nodes")], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              text=True, env=env) for rank in (0, 1)]
+    errors = [node.communicate(timeout=300)[1] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(e[-4000:] for e in errors)
+    single = run_cli(sys.executable, "-m", "wavslm.cli", "train", "lm", "--config", config, "-o", tmp_path / "one",
+                     env={"OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr[-2000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "nodes")
+    assert len(one) == len(two) == 6
+    assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-5, (one, two)
+
+
 def _children(pid):
     """The processes whose parent is `pid` (from /proc)."""
     found = []
