@@ -66,7 +66,8 @@ def all_true(d: Dist, flag: bool) -> bool:
 
 
 def all_finite(d: Dist, loss: torch.Tensor) -> bool:
-    """True when the loss is finite on every rank (so all ranks stop together)."""
+    """True when `loss` (any shape: e.g. a step's losses stacked) is finite on every rank, so that all ranks
+    stop together; one all-reduce and one host sync."""
     ok = torch.isfinite(loss.detach()).all().to(torch.int32).reshape(1)
     if d.active:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)

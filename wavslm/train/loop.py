@@ -303,6 +303,7 @@ class Trainer:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
+        losses: list[tuple[str, Tensor]] = []  # checked once, before the optimizers step: one sync per step
         micro = range(self.cfg.grad_accum)
         for i in micro:
             batch = next(self._batches)
@@ -319,14 +320,15 @@ class Trainer:
                     if item is None:
                         break
                     group, loss, metrics = item
-                    if not all_finite(self.dist, loss):
-                        raise TrainingError(
-                            f"{self.name}: the {group} loss became {loss.item()} at step {self.step}; stopping "
-                            f"(the last good checkpoint is {self.ckpt_dir / 'last.pt'})"
-                        )
+                    losses.append((group, loss.detach()))
                     (loss / len(micro)).backward()
                     for k, v in metrics.items():
                         totals[k] = totals.get(k, 0.0) + v / len(micro)
+        if not all_finite(self.dist, torch.stack([loss.float() for _, loss in losses])):
+            bad = next((f"the {g} loss became {v.item()}" for g, v in losses if not torch.isfinite(v).all()),
+                       "a loss became NaN or infinite on another rank")
+            raise TrainingError(f"{self.name}: {bad} at step {self.step}; stopping (the last good checkpoint is "
+                                f"{self.ckpt_dir / 'last.pt'}; this step changed no weight)")
         factor = self.schedule.factor(self.step)
         for group, opt in self.optimizers.items():
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
