@@ -60,6 +60,18 @@ def iteration1(config, tmp_path_factory):
     return run_dir
 
 
+def test_worker_processes_train_the_same_teacher(config, tmp_path):
+    """Random crops and per-epoch masks (the masks are drawn in the step, from the epoch the loop sets) come
+    out the same when the items are read and collated in worker processes."""
+    runs = {}
+    for workers in (0, 2):
+        train("ssl", tmp_path / f"w{workers}", config, ["train.steps=6", "train.num_workers=" + str(workers),
+                                                        "data.random_crop=true", "train.valid_every=100"])
+        runs[workers] = load_file(tmp_path / f"w{workers}" / "export" / "wavlm" / "model.safetensors")
+    assert all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+    assert [r["loss"] for r in rows(tmp_path / "w0")] == [r["loss"] for r in rows(tmp_path / "w2")]
+
+
 def test_iteration1_learns_mfcc_clusters_and_exports_a_hugging_face_wavlm(iteration1):
     curve = [r["loss"] for r in rows(iteration1)]
     first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3

@@ -223,6 +223,8 @@ def test_config_errors(shards, tmp_path):
         with pytest.raises(InputError, match=message):
             train("lm", tmp_path / "bad", config, [override])
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(InputError, match="the dataset has 4 items, fewer than one batch of 8"):
+        train("lm", tmp_path / "small", config, ["train.batch_size=8"])
     extra = tmp_path / "extra.yaml"
     extra.write_text(yaml.safe_dump({"lm": lm_settings(shards), "music": {"tempo": 120}}))
     with pytest.raises(InputError, match=r"unknown sections \['music'\]"):

@@ -104,12 +104,16 @@ class TrainingError(RuntimeError):
     """The run cannot go on (a NaN loss); the last good checkpoint is kept."""
 
 
+def batches_per_epoch(size: int, n_items: int) -> int:
+    """Whole global batches of `size` in `n_items` items (the last partial one is dropped)."""
+    if n_items < size:
+        raise InputError(f"the dataset has {n_items} items, fewer than one batch of {size}")
+    return n_items // size
+
+
 def global_batch(step: int, size: int, n_items: int, seed: int) -> tuple[int, list[int]]:
     """Epoch and item indices of the global batch of `step`: a fresh permutation per epoch, last partial batch dropped."""
-    per_epoch = n_items // size
-    if per_epoch == 0:
-        raise InputError(f"the dataset has {n_items} items, fewer than one batch of {size}")
-    epoch, b = divmod(step, per_epoch)
+    epoch, b = divmod(step, batches_per_epoch(size, n_items))
     perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     return epoch, perm[b * size : (b + 1) * size].tolist()
 
@@ -298,6 +302,9 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         if self._batches is None:
             self._batches = self._loader()
+        if hasattr(self.train_set, "set_epoch"):
+            # For a stage that reads the epoch in its step (the ssl masks); the workers' copies get it by key.
+            self.train_set.set_epoch(self.step // batches_per_epoch(self.cfg.batch_size, len(self.train_set)))
         for net in self.stage.raw.values():
             net.train()
         for opt in self.optimizers.values():
