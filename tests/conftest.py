@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,3 +33,33 @@ def reference() -> Path:
 @pytest.fixture
 def speech() -> Path:
     return SPEECH
+
+
+# ---- the evaluation tests' reference LM and pool of real speech clips (tests/eval) ----------------
+
+
+@pytest.fixture(scope="session")
+def lm():
+    from wavslm import WavSLM
+
+    torch.set_num_threads(2)
+    return WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")
+
+
+@pytest.fixture(scope="session")
+def pool(lm, tmp_path_factory):
+    """Six clips of 10, 15, ..., 35 tokens (every residue mod 4) and their one-at-a-time `lm.score` NLLs."""
+    from wavslm import load_audio
+
+    folder = tmp_path_factory.mktemp("pool")
+    sources = sorted((SPEECH / "librispeech-dev-clean" / "84").glob("*.wav"))
+    clips, nll = {}, {"mean": {}, "sum": {}}
+    for i in range(6):
+        sig, sr = load_audio(sources[i], sample_rate=16000, mono=True)
+        path = folder / f"c{i}.wav"
+        sf.write(path, sig[0, 4000 : 4000 + 320 * (10 + 5 * i) - 100].numpy(), sr, subtype="FLOAT")
+        clips[f"c{i}"] = path
+        toks = lm.codec.encode(load_audio(path, sample_rate=16000, mono=True)[0])
+        for reduction in nll:
+            nll[reduction][f"c{i}"] = float(lm.score(toks, reduction))
+    return clips, nll

@@ -331,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
             getattr(importlib.import_module(module, __package__), function or "configure")(q)
 
     group("eval", "Evaluate a model: zero-shot benchmarks, codec resynthesis, generation.", {
-        "zeroshot": (".eval.zeroshot", "Pairwise accuracy on sWUGGY, sBLIMP, SALMon or spoken StoryCloze layouts."),
+        "zeroshot": (".eval.zeroshot", "Pairwise accuracy on sWUGGY, sBLIMP, SALMon or spoken StoryCloze (folders, "
+                     "parquet or Hub ids); ZeroSpeech 2021 submission files."),
+        "paper": (".eval.paper", "The WavSLM paper's likelihood tasks (SALMon, sWUGGY, sBLIMP, tSC) beside its "
+                  "WavSLM-4k row."),
         "codec": (".eval.codec_eval", "Resynthesise a folder of speech: PESQ, STOI, mel distance, DNSMOS, speaker "
                   "similarity, WER, bitrate, codebook usage."),
         "generation": (".eval.generation_eval", "Continue 3 s prompts: DNSMOS, speaker similarity, intelligibility."),

@@ -5,6 +5,9 @@ A reference is one of:
 - a `X.json` file beside `X.safetensors` (also accepted without the `.json` suffix);
 - a Hugging Face Hub id `owner/name` (or `owner/name/X.json`), downloaded with `huggingface_hub`.
 
+Evaluation datasets given as a Hub id (`speed/sWUGGY`, `slprl/SALMon`) are resolved here too
+(`dataset_folder`): their parquet files, downloaded or taken from the local cache.
+
 Weights are `model.safetensors` (or `X.safetensors`). Where a repository or folder offers only a pickled
 `model.pt` / `pytorch_model.bin` (the original loaders fall back to it), it is read with
 `torch.load(weights_only=True)`, PyTorch's loader that admits tensors and plain containers only, and a
@@ -105,6 +108,43 @@ def _hub_file(ref: str, repo_id: str, filename: str) -> Path | None:
         ) from error
     except Exception as error:  # proxies, DNS, timeouts: all the same to the user
         raise InputError(f"cannot download model '{ref}' from the Hugging Face Hub: {error}") from error
+
+
+_DATASET_ID = re.compile(r"[\w\-.]+/[\w\-.]+")
+
+
+def is_dataset_id(ref: str | os.PathLike) -> bool:
+    """Whether `ref` reads as a Hub dataset id (`owner/name`) rather than a local path that exists."""
+    text = str(ref)
+    return not Path(text).expanduser().exists() and _DATASET_ID.fullmatch(text) is not None
+
+
+def dataset_folder(repo_id: str, revision: str | None = None) -> Path:
+    """The local snapshot of Hub dataset `repo_id`'s parquet files and card: downloaded when the Hub can
+    be reached, else taken from the local Hugging Face cache (`HF_HUB_CACHE`); one sentence if neither.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = ["*.parquet", "**/*.parquet", "README.md"]
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns))
+    except GatedRepoError as error:
+        raise InputError(f"dataset '{repo_id}' is gated on the Hugging Face Hub: accept its terms and log in "
+                         "(`hf auth login`) first") from error
+    except RepositoryNotFoundError as error:
+        raise InputError(f"dataset '{repo_id}' is neither a local path nor a dataset on the Hugging Face Hub "
+                         "(or it is private)") from error
+    except LocalEntryNotFoundError as error:
+        raise InputError(
+            f"dataset '{repo_id}' is neither a local path nor in the local Hugging Face cache "
+            f"('{constants.HF_HUB_CACHE}'), and the Hub cannot be reached (offline?) to download it"
+        ) from error
+    except Exception as error:  # proxies, DNS, timeouts: all the same to the user
+        raise InputError(f"cannot download dataset '{repo_id}' from the Hugging Face Hub: {error}") from error
+    if not any(folder.rglob("*.parquet")):
+        raise InputError(f"dataset '{repo_id}' has no parquet files (in '{folder}'); only parquet datasets are read")
+    return folder
 
 
 def _weight_names(config_name: str) -> list[str]:

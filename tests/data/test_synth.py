@@ -3,7 +3,10 @@ is what it claims to be — distinct voices (resemblyzer) and intelligible words
 
 import csv
 import json
+import re
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +140,46 @@ def test_bench_lexical_and_syntactic_layouts(bench):
                 assert word["word"] in lexicon.content_words() and nonword["word"] not in vocabulary
                 assert abs(len(word["word"]) - len(nonword["word"])) <= 1
     assert {r["type"] for r in _gold(out / "syntactic" / "dev" / "gold.csv")} == set(SYNTAX_TYPES)
+
+
+def test_bench_answer_files_pass_the_official_scorer(bench, tmp_path, capsys):
+    """The suite's gold.csv files are what the official ZeroSpeech 2021 scorer reads (integer frequencies,
+    phones and their count, the columns in its order), a submission written for it validates, and the
+    official rules grade it as wavslm reports (tests/eval/zerospeech_rules.py)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "eval"))
+    import zerospeech_rules as official
+    from conftest import REFERENCE
+
+    from wavslm.cli import main
+
+    out, _ = bench
+    rows = official.check_gold(out / "lexical" / "dev" / "gold.csv", "lexical")
+    assert all(r["phones"] and int(r["length"]) == len(r["phones"].split()) for r in rows)
+    official.check_gold(out / "syntactic" / "dev" / "gold.csv", "syntactic")
+    sub, model = tmp_path / "submission", str(REFERENCE / "wavslm_tiny")
+    for task in ("swuggy", "sblimp"):
+        assert main(["eval", "zeroshot", "--task", task, "--data", str(out), "--model", model,
+                     "--submission", str(sub), "-o", str(tmp_path / f"{task}.json")]) == 0
+    official.validate(out, sub, only_dev=True)
+    ours = json.loads((tmp_path / "swuggy.json").read_text())
+    graded = official.score_lexical(out / "lexical" / "dev" / "gold.csv", sub / "lexical" / "dev.txt")
+    assert ours["accuracy"] == pytest.approx(graded["all"], abs=1e-4)
+    ours = json.loads((tmp_path / "sblimp.json").read_text())
+    graded = official.score_syntactic(out / "syntactic" / "dev" / "gold.csv", sub / "syntactic" / "dev.txt")
+    assert ours["accuracy"] == pytest.approx(graded["overall"])
+
+    # `wavslm eval paper` on the suite: its tasks beside the paper's WavSLM-4k row.
+    capsys.readouterr()
+    assert main(["eval", "paper", "--suite", str(out), "--model", model, "-o", str(tmp_path / "paper.json")]) == 0
+    table = capsys.readouterr().out
+    paper = json.loads((tmp_path / "paper.json").read_text())
+    rows = {r["task"]: r for r in paper["rows"]}
+    ours_swuggy = json.loads((tmp_path / "swuggy.json").read_text())["accuracy"]
+    assert rows["sWUGGY (all)"]["wavslm"] == pytest.approx(ours_swuggy)
+    assert rows["SALMon speaker consistency"]["wavslm"] is not None and rows["SALMon gender consistency"]["wavslm"] is None
+    assert paper["average"] == {"wavslm": None, "paper": 69.5}  # the suite has no sentiment or gender parts
+    assert re.search(rf"\nsWUGGY \(all\) +{100 * ours_swuggy:.1f} +[0-9.]+-[0-9.]+ +63\.7\n", table), table
+    assert "not yet been checked against the paper itself" in table
 
 
 def test_bench_storycloze_and_salmon_layouts(bench):

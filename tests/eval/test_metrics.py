@@ -6,6 +6,7 @@ metric is computed, lies in its range and moves the right way, not that the mode
 
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from conftest import REFERENCE, SPEECH
 from wavslm.audio import load_audio, save_audio
 from wavslm.errors import InputError
 from wavslm.eval import codec_eval, generation_eval, metrics
+from wavslm.eval.transcripts import auto_bleu_gslm, auto_bleu_slamkit, genppl, trigram_lm
 from wavslm.io import find_audio
 
 CLEAN = "librispeech-dev-clean/84/84-121123-0007.wav"  # 2.0 s, "what do you mean sir"
@@ -206,18 +208,26 @@ def test_eval_generation_writes_every_field(data, tmp_path):
     assert results["settings"] == {"prompt_seconds": 1.0, "seconds": 1.28, "seed": 7, "num": 2, "top_p": 0.3,
                                    "temp": 0.8, "device": "cpu"}
     assert results["num_prompts"] == 1 and results["num_continuations"] == 2
-    assert "asr_words_per_second" in results["intelligibility"]
+    assert "pocketsphinx_words_per_second" in results["intelligibility"]
     rows = results["continuations"]
     assert [r["seed"] for r in rows] == [7, 8] and all(r["seconds"] == 1.28 for r in rows)
     for row in rows:
         assert all(1 <= row[f"dnsmos_{k}"] <= 5 for k in ("ovrl", "sig", "bak", "p808"))
-        assert -1 <= row["speaker_similarity"] <= 1 and row["asr_words_per_second"] >= 0
-        assert row["asr_confidence"] is None or 0 <= row["asr_confidence"] <= 1
-        assert row["prompt_seconds"] == 1.0 and row["prompt_asr_words_per_second"] > 0
+        assert -1 <= row["speaker_similarity_resemblyzer"] <= 1 and row["pocketsphinx_words_per_second"] >= 0
+        assert row["pocketsphinx_confidence"] is None or 0 <= row["pocketsphinx_confidence"] <= 1
+        assert row["prompt_seconds"] == 1.0 and row["prompt_pocketsphinx_words_per_second"] > 0
+        # The prompt is real speech, so the prompt + continuation transcript has words the trigram scores.
+        tokens = row["transcript_full_pocketsphinx"].split()
+        assert tokens and row["nll_trigram_pocketsphinx"] > 0
+        assert row["auto_bleu2_gslm_pocketsphinx"] == auto_bleu_gslm(tokens, 2)
+        assert row["auto_bleu2_slamkit_pocketsphinx"] == auto_bleu_slamkit(tokens, 2)
         assert 0 <= row["voiced_share"] <= 1 and 0.2 < row["prompt_voiced_share"] <= 1  # the prompt is speech
         sig, sr = load_audio(row["audio"])
         assert sr == 24000 and sig.shape[1] == 64 * 480  # 64 tokens
-    assert set(results["mean"]) >= {"dnsmos_ovrl", "speaker_similarity", "asr_words_per_second", "asr_confidence"}
+    assert set(results["mean"]) >= {"dnsmos_ovrl", "speaker_similarity_resemblyzer", "pocketsphinx_words_per_second",
+                                    "pocketsphinx_confidence", "auto_bleu2_gslm_pocketsphinx", "nll_trigram_pocketsphinx"}
+    nlls = [r["nll_trigram_pocketsphinx"] for r in rows]
+    assert results["genppl"] == {"trigram_pocketsphinx": pytest.approx(math.exp(sum(nlls) / 2))}
     assert "seed" not in results["mean"] and 0 < results["codebook_usage"]["used_share"] <= 1
 
 
@@ -232,3 +242,33 @@ def test_eval_commands_name_a_missing_or_empty_folder(tmp_path):
         find_audio(tmp_path / "missing")
     with pytest.raises(InputError, match="no .wav/.flac/.ogg files"):
         find_audio(tmp_path)
+
+
+# ---- transcript measures: Auto-BLEU by both definitions, the offline trigram ---------------------------
+
+
+@pytest.mark.parametrize(("text", "gslm", "slamkit"), [
+    ("a a a", 0.5, 1.0),  # GSLM: unigrams all repeated, the two bigrams overlap their copies -> (1 + 0) / 2
+    ("a b a b", (1 + 2 / 3) / 2, 2 / 3),
+    ("the cat sat on the mat", (2 / 6 + 0) / 2, 0.0),
+    ("hello", 0.0, 0.0),
+    ("", 0.0, 0.0),
+])
+def test_auto_bleu_follows_each_reference_definition(text, gslm, slamkit):
+    """Worked by hand from fairseq's `self_auto_bleu.auto_bleu` (orders 1-2, arithmetic mean) and SlamKit's
+    `calc_auto_bleu` (bigrams only, repeats anywhere else)."""
+    tokens = text.split()
+    assert auto_bleu_gslm(tokens, 2) == pytest.approx(gslm)
+    assert auto_bleu_slamkit(tokens, 2) == pytest.approx(slamkit)
+
+
+def test_trigram_lm_scores_sentences_and_skips_unknown_words():
+    lm = trigram_lm()
+    good, shuffled = lm.score("the cat sat on the mat".split()), lm.score("mat the on sat cat the".split())
+    assert good["scored"] == 7 and good["oov"] == 0  # six words and </s>
+    # log10 P = -14.0506 read off the model through pocketsphinx's own NGramModel.prob: ppl 101.7
+    assert math.exp(good["nll"]) == pytest.approx(101.7, abs=0.1)
+    assert shuffled["nll"] > good["nll"] + 1
+    odd = lm.score("The cat sat on the zzqx".split())
+    assert odd["oov"] == 1 and odd["scored"] == 6 and lm.score([])["scored"] == 1  # </s> alone
+    assert genppl([1.0, 3.0, None]) == pytest.approx(math.exp(2.0)) and genppl([]) is None

@@ -49,8 +49,8 @@ def test_summarize_swuggy_in_vocab_and_sblimp_types():
     pairs = [_pair("w1", in_vocab=True), _pair("w1", in_vocab=True), _pair("w2", in_vocab=False), _pair("w3", in_vocab=True)]
     result = summarize("swuggy", pairs, [1, 0.5, 0, 1])
     assert result["accuracy"] == pytest.approx((0.75 + 0 + 1) / 3)
-    assert result["subsets"]["in-vocab"] == {"accuracy": pytest.approx((0.75 + 1) / 2), "num_pairs": 3,
-                                             "ci95": pytest.approx(interval((0.75 + 1) / 2, 2))}  # 2 items
+    assert result["subsets"]["in-vocab"] == {"accuracy": pytest.approx((0.75 + 1) / 2), "num_pairs": 3, "num_items": 2,
+                                             "ci95": pytest.approx(interval((0.75 + 1) / 2, 2))}
     assert result["ci95"] == pytest.approx(interval((0.75 + 0 + 1) / 3, 3))
     pairs = [_pair("s1", type="morph"), _pair("s1", type="morph"), _pair("s2", type="syntax"), _pair("s3", type="syntax")]
     result = summarize("sblimp", pairs, [1, 0, 1, 0])
@@ -58,12 +58,48 @@ def test_summarize_swuggy_in_vocab_and_sblimp_types():
     assert result["subsets"]["morph"]["accuracy"] == 0.5 and result["subsets"]["syntax"]["accuracy"] == 0.5
 
 
-def test_summarize_salmon_is_the_mean_over_parts():
+def test_summarize_swuggy_frequency_bands_and_length():
+    """The official bands are right-open: a count of 4 is "1-5", 5 is "6-20", 19 "6-20", 20 "21-100", 100 ">100"."""
+    counts = {"a": 0, "b": 4, "c": 5, "d": 19, "e": 20, "f": 100, "g": None}
+    pairs = [_pair(k, frequency=c, length=len(k) + (k > "c")) for k, c in counts.items()]
+    result = summarize("swuggy", pairs, [1, 0, 1, 0.5, 1, 0, 1])
+    bands = result["breakdowns"]["frequency"]
+    assert list(bands) == ["oov", "1-5", "6-20", "21-100", ">100"]
+    assert {k: (v["accuracy"], v["num_items"]) for k, v in bands.items()} == {
+        "oov": (1.0, 2), "1-5": (0.0, 1), "6-20": (0.75, 2), "21-100": (1.0, 1), ">100": (0.0, 1)}
+    assert {k: v["num_items"] for k, v in result["breakdowns"]["length"].items()} == {"1": 3, "2": 4}
+    assert "in-vocab" not in result["subsets"]  # no in_vocab flags given
+
+
+def test_summarize_sblimp_by_subtype():
+    pairs = [_pair("s1", type="t", subtype="u"), _pair("s2", type="t", subtype="v"), _pair("s3", type="t", subtype="v")]
+    result = summarize("sblimp", pairs, [1, 0, 0.5])
+    assert {k: v["accuracy"] for k, v in result["breakdowns"]["subtype"].items()} == {"u": 1.0, "v": 0.25}
+
+
+def test_summarize_salmon_is_the_mean_over_parts_and_warns_of_missing_parts():
     pairs = [_pair("x/0", part="x"), _pair("y/0", part="y"), _pair("y/1", part="y"), _pair("y/2", part="y")]
     result = summarize("salmon", pairs, [1, 0, 0, 1])
-    assert result["subsets"]["y"] == {"accuracy": pytest.approx(1 / 3), "num_pairs": 3,
+    assert result["subsets"]["y"] == {"accuracy": pytest.approx(1 / 3), "num_pairs": 3, "num_items": 3,
                                       "ci95": pytest.approx(interval(1 / 3, 3))}
     assert result["accuracy"] == pytest.approx((1 + 1 / 3) / 2)  # not the pair mean (0.5)
+    assert "mean over the 2 SALMon parts found" in result["averaging"]
+    assert result["warnings"] and "2 of SALMon's 8 parts found; missing: sentiment_consistency" in result["warnings"][0]
+    from wavslm.eval.loaders import SALMON_PARTS
+
+    pairs = [_pair(f"{p}/0", part=p) for p in reversed(SALMON_PARTS)]
+    result = summarize("salmon", pairs, [1] * 8)
+    assert result["warnings"] == [] and list(result["subsets"]) == list(SALMON_PARTS)  # the paper's order
+
+
+def test_summarize_storycloze_never_pools_subsets():
+    pairs = [_pair("sSC/0", subset="sSC"), _pair("sSC/1", subset="sSC"), _pair("tSC/0", subset="tSC")]
+    result = summarize("storycloze", pairs, [1, 1, 0])
+    assert result["accuracy"] is None and result["ci95"] is None and "never pooled" in result["averaging"]
+    assert {k: v["accuracy"] for k, v in result["subsets"].items()} == {"sSC": 1.0, "tSC": 0.0}
+    assert "use --task ssc or --task tsc" in result["warnings"][0]
+    result = summarize("tsc", pairs[2:], [0])
+    assert result["accuracy"] == 0.0 and result["averaging"] == "tSC: mean over stories"
 
 
 def test_wilson_interval():
@@ -90,40 +126,6 @@ def test_batches_group_lengths_equal_mod_4_sorted():
         assert [lengths[i] for i in b] == sorted(lengths[i] for i in b)
     with pytest.raises(InputError, match="at least 1"):
         batches(lengths, 0)
-
-
-# ---- a pool of real speech clips with their one-at-a-time scores ------------------------------------
-
-
-@pytest.fixture(scope="module")
-def lm():
-    from conftest import REFERENCE
-
-    from wavslm import WavSLM
-
-    torch.set_num_threads(2)
-    return WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")
-
-
-@pytest.fixture(scope="module")
-def pool(lm, tmp_path_factory):
-    """Six clips of 10, 15, ..., 35 tokens (every residue mod 4) and their one-at-a-time `lm.score` NLLs."""
-    from conftest import SPEECH
-
-    from wavslm import load_audio
-
-    folder = tmp_path_factory.mktemp("pool")
-    sources = sorted((SPEECH / "librispeech-dev-clean" / "84").glob("*.wav"))
-    clips, nll = {}, {"mean": {}, "sum": {}}
-    for i in range(6):
-        sig, sr = load_audio(sources[i], sample_rate=16000, mono=True)
-        path = folder / f"c{i}.wav"
-        sf.write(path, sig[0, 4000 : 4000 + 320 * (10 + 5 * i) - 100].numpy(), sr, subtype="FLOAT")
-        clips[f"c{i}"] = path
-        toks = lm.codec.encode(load_audio(path, sample_rate=16000, mono=True)[0])
-        for reduction in nll:
-            nll[reduction][f"c{i}"] = float(lm.score(toks, reduction))
-    return clips, nll
 
 
 def _outcome(nll, pos, neg):
@@ -292,9 +294,11 @@ def test_storycloze_folder_end_to_end(lm, pool, tmp_path):
     m = nll["mean"]
     outcomes = {k: [_outcome(m, a, b) for a, b in v] for k, v in stories.items()}
     results = _cli("--task", "storycloze", "--data", tmp_path, "--model", lm_path())
-    assert results["accuracy"] == pytest.approx(sum(sum(v) for v in outcomes.values()) / 3)
+    assert results["accuracy"] is None  # sSC and tSC are not pooled
     assert results["subsets"]["sSC"] == {"accuracy": pytest.approx(sum(outcomes["sSC"]) / 2), "num_pairs": 2,
-                                         "ci95": pytest.approx(interval(sum(outcomes["sSC"]) / 2, 2))}
+                                         "num_items": 2, "ci95": pytest.approx(interval(sum(outcomes["sSC"]) / 2, 2))}
+    results = _cli("--task", "ssc", "--data", tmp_path / "sSC", "--model", lm_path())
+    assert results["accuracy"] == pytest.approx(sum(outcomes["sSC"]) / 2) and results["subsets"] == {}
 
     (tmp_path / "tSC" / "story0_correct.wav").unlink()
     with pytest.raises(InputError, match=r"story0_incorrect.wav' has no partner: no story0_correct audio"):

@@ -1,7 +1,7 @@
 """A small ctypes binding to the espeak-ng library shipped in the `espeakng-loader` wheel.
 
 Only what the synthetic corpus needs: set a voice (language voice + `!v` variant), rate, pitch and pitch
-range, and synthesize text to a float32 16 kHz mono numpy array. Fully offline: the library and its data
+range, and synthesize text to a float32 16 kHz mono numpy array; and the IPA phones of a text. Fully offline: the library and its data
 come from `espeakng_loader.get_library_path()` / `get_data_path()`.
 
 espeak-ng is a process-wide singleton with global voice and parameter state, so every call takes one
@@ -33,6 +33,9 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 # espeak_PARAMETER and the espeakCHARS_UTF8 flag, from speak_lib.h.
 _RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4
 _CHARS_UTF8 = 1
+# espeak_TextToPhonemes' phonememode: IPA (bit 1), phones separated by the character in bits 8-23.
+_IPA_SPACED = 0x02 | (ord(" ") << 8)
+_STRESS = str.maketrans("", "", "ˈˌ")
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 # espeak-ng's own limits for these parameters (words per minute, 0-100 scales).
@@ -118,6 +121,24 @@ class _Espeak:
         lib.espeak_SetSynthCallback(self.callback)
         return lib, sample_rate
 
+    def phones(self, text: str, language: str) -> list[str]:
+        """The IPA phones espeak would say for `text` in `language`, stress marks left out."""
+        lib, _ = self._load()
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+        try:
+            if lib.espeak_SetVoiceByName(language.encode()) != 0:
+                raise InputError(f"espeak-ng has no voice '{language}' in {self.data_path}")
+            # It reads one clause per call and moves the pointer on; NULL once the text is used up.
+            cursor, out = ctypes.c_char_p(text.encode("utf-8") + b"\0"), []
+            while cursor.value:
+                clause = lib.espeak_TextToPhonemes(ctypes.byref(cursor), _CHARS_UTF8, _IPA_SPACED)
+                out += (clause or b"").decode("utf-8").translate(_STRESS).split()
+        finally:
+            lib.espeak_Terminate()
+            _unload(lib)
+        return out
+
     def speak(self, text: str, voice: Voice) -> tuple[np.ndarray, int]:
         """`(int16 samples, sample rate)`: 22050 Hz for the bundled data."""
         # espeak silently ignores an unknown variant, so check for its file first.
@@ -159,6 +180,13 @@ def data_path() -> Path:
     """The espeak-ng-data folder in use."""
     with _lock:
         return Path(_get().data_path)
+
+
+def phones(text: str, language: str = "en-us") -> list[str]:
+    """The IPA phones of `text` as espeak-ng says it in `language`, without stress marks:
+    `phones("basket") -> ['b', 'æ', 's', 'k', 'ɪ', 't']`."""
+    with _lock:
+        return _get().phones(text, language)
 
 
 def english_languages() -> list[str]:

@@ -2,20 +2,26 @@
 
 A pair is a positive and a negative clip (the model should give the positive the lower NLL), the item
 it belongs to (pairs of one item, e.g. one word spoken by several voices, are averaged together first)
-and metadata for per-subset results. Layouts read (`--data` may name the folders shown or one level in):
+and metadata for per-subset results. `--data` is a local path (the folders shown, or one level in) or a
+Hugging Face Hub dataset id (`speed/sWUGGY`), downloaded or found in the local cache (`hub.dataset_folder`).
 
 - ZeroSpeech 2021 sLM21: `{lexical,syntactic}/{dev,test}/gold.csv` + `*.wav`. sWUGGY columns `id,
-  filename, correct, frequency, voice`; sBLIMP `id, filename, correct, voice, type, subtype`. One
-  `correct=1` and one `correct=0` row per (id, voice); `filename` is the wav's stem. A pair is in-vocab
-  when its word occurs in LibriSpeech: the word row's frequency is a positive count; "oov", 0 or empty
-  are out of vocabulary (the official scorer bins count 0 as "oov"; non-word rows are not read).
-- SALMon: `<part>/sample_<i>_<j>.wav`, j = 0 positive, 1 negative; `--data` is the root of the part
-  folders or one part folder.
-- Spoken StoryCloze (sSC/tSC): `<id>_correct.wav` + `<id>_incorrect.wav` (also `_positive`/`_negative`,
-  and .flac/.ogg) anywhere under `--data`, the subset being the folder relative to it; or Hugging Face
-  parquet files (one file, or every `*.parquet` under the folder) with audio columns `positive` and
-  `negative` (or `correct` and `incorrect`), each a struct of encoded `bytes` and `path` as `datasets`
-  writes them.
+  filename, correct, frequency, voice` (and `length`, the word's phones, when present); sBLIMP `id,
+  filename, correct, voice, type, subtype`. One `correct=1` and one `correct=0` row per (id, voice);
+  `filename` is the wav's stem. The word row's frequency is its LibriSpeech count: 0 (or "oov", or
+  empty) is out of vocabulary. The test split's gold is withheld: `split_wavs` lists its files, which
+  `eval zeroshot --submission` scores for the official scorer.
+- Hugging Face parquet (`speed/sWUGGY`, `speed/sBLIMP`, `speed/sStoryCloze`, `speed/tStoryCloze`,
+  `slprl/SALMon`): every `*.parquet` under the folder (or one file), audio columns `positive` and
+  `negative` (or `positive_audio`/`negative_audio`, `correct`/`incorrect`), each a struct of encoded
+  `bytes` and `path` as `datasets` writes them. Metadata columns are used when present: `id` (the item,
+  averaged over its `voice`s as the official sLM21 scorer does), `frequency`, `length`, `type`,
+  `subtype`; for SALMon `task` (the part) and `ind`. SALMon's `all*` configs repeat the parts and are
+  skipped.
+- SALMon folders: `<part>/sample_<i>_<j>.wav`, j = 0 positive, 1 negative; `--data` is the root of the
+  part folders or one part folder.
+- Spoken StoryCloze (sSC/tSC) folders: `<id>_correct.wav` + `<id>_incorrect.wav` (also `_positive` /
+  `_negative`, and .flac/.ogg) anywhere under `--data`, the subset being the folder relative to it.
 
 Anything malformed raises `InputError` naming the file and what is wrong.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,7 +46,10 @@ from ..audio import check_signal, load_audio, resample
 from ..errors import InputError
 from ..io import find_audio
 
-TASKS = ("swuggy", "sblimp", "salmon", "storycloze")
+TASKS = ("swuggy", "sblimp", "salmon", "ssc", "tsc", "storycloze")
+# The eight SALMon parts, in the order the paper's tables give them.
+SALMON_PARTS = ("sentiment_consistency", "speaker_consistency", "gender_consistency", "bg_domain_consistency",
+                "bg_all_consistency", "rir_consistency", "sentiment_alignment", "bg_alignment")
 
 
 @dataclass(frozen=True)
@@ -64,20 +74,49 @@ class Pair:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def load_pairs(task: str, data: str | Path, split: str = "dev") -> list[Pair]:
+@dataclass
+class Dataset:
+    """The pairs of one task and where they came from: `source` as given (a path or a Hub id), the local
+    `folder` read, and its `layout`."""
+
+    pairs: list[Pair]
+    source: str
+    folder: Path
+    layout: str
+
+
+def local_folder(data: str | Path) -> Path:
+    """`data` as a local path: itself when it exists, else the snapshot of the Hub dataset it names."""
+    from ..hub import dataset_folder, is_dataset_id
+
+    if is_dataset_id(data):
+        return dataset_folder(str(data))
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise InputError(f"dataset path '{data}' does not exist (nor is it a Hub dataset id such as speed/sWUGGY)")
+    return path
+
+
+def load_dataset(task: str, data: str | Path, split: str = "dev") -> Dataset:
     """The pairs of `task` (one of `TASKS`) found at `data`; `split` (dev | test) is for sLM21 only."""
-    data = Path(data)
-    if not data.exists():
-        raise InputError(f"dataset path '{data}' does not exist")
-    if task == "swuggy":
-        return load_zerospeech(data, "lexical", split)
-    if task == "sblimp":
-        return load_zerospeech(data, "syntactic", split)
-    if task == "salmon":
-        return load_salmon(data)
-    if task == "storycloze":
-        return load_storycloze(data)
-    raise InputError(f"unknown zero-shot task {task!r}; expected one of {', '.join(TASKS)}")
+    if task not in TASKS:
+        raise InputError(f"unknown zero-shot task {task!r}; expected one of {', '.join(TASKS)}")
+    folder = local_folder(data)
+    parquet = _parquet_files(folder, task)
+    if parquet and not (task in ("swuggy", "sblimp") and _gold(folder, _KIND[task], split, must=False)):
+        pairs, layout = [pair for file in parquet for pair in _parquet_pairs(file, folder, task)], "Hugging Face parquet"
+    elif task in ("swuggy", "sblimp"):
+        pairs, layout = load_zerospeech(folder, _KIND[task], split), "ZeroSpeech 2021 gold.csv"
+    elif task == "salmon":
+        pairs, layout = load_salmon(folder), "SALMon folders"
+    else:
+        pairs, layout = load_storycloze(folder), "StoryCloze folders"
+    return Dataset(pairs, str(data), folder, layout)
+
+
+def load_pairs(task: str, data: str | Path, split: str = "dev") -> list[Pair]:
+    """The pairs of `task` found at `data` (see `load_dataset`)."""
+    return load_dataset(task, data, split).pairs
 
 
 # ---- ZeroSpeech 2021 (sWUGGY, sBLIMP) -------------------------------------------------------------
@@ -88,17 +127,47 @@ _GOLD_COLUMNS = {
 }
 
 
-def load_zerospeech(data: Path, kind: str, split: str = "dev") -> list[Pair]:
-    """sWUGGY (`kind="lexical"`) or sBLIMP (`"syntactic"`) pairs from a `gold.csv` and its wavs."""
+_KIND = {"swuggy": "lexical", "sblimp": "syntactic"}
+
+
+def _split_folders(data: Path, kind: str, split: str) -> list[Path]:
     if split not in ("dev", "test"):
         raise InputError(f"split must be 'dev' or 'test', got {split!r}")
-    candidates = [data / kind / split / "gold.csv", data / split / "gold.csv", data / "gold.csv"]
+    return [data / kind / split, data / split, data]
+
+
+def _gold(data: Path, kind: str, split: str, must: bool = True) -> Path | None:
+    candidates = [folder / "gold.csv" for folder in _split_folders(data, kind, split)]
     gold = next((c for c in candidates if c.is_file()), None)
-    if gold is None:
+    if gold is None and must:
+        withheld = " (the test split's gold is withheld: --submission DIR writes the files the official scorer " \
+                   "grades)" if split == "test" else ""
         raise InputError(
             f"no gold.csv for {kind}/{split} under '{data}': expected '{candidates[0]}' (the sLM21 root), "
-            f"'{candidates[1]}' or '{candidates[2]}'"
+            f"'{candidates[1]}' or '{candidates[2]}'{withheld}"
         )
+    return gold
+
+
+def has_gold(task: str, data: Path, split: str = "dev") -> bool:
+    """Whether the sLM21 split at `data` comes with its answers (a gold.csv; the test split's is withheld)."""
+    return _gold(data, _KIND[task], split, must=False) is not None
+
+
+def split_wavs(data: Path, kind: str, split: str) -> list[Clip]:
+    """Every wav of an sLM21 split, gold or not (what a submission must score), sorted by name."""
+    folders = [f for f in _split_folders(data, kind, split) if f.is_dir()]
+    # The split folder itself when the sLM21 root (or kind folder) was given, else `data` holding the wavs.
+    folder = next((f for f in folders if f != data), data) if folders else None
+    wavs = sorted(folder.glob("*.wav")) if folder is not None else []
+    if not wavs:
+        raise InputError(f"no wav files for {kind}/{split} under '{data}': expected '{data / kind / split}/*.wav'")
+    return [Clip(w) for w in wavs]
+
+
+def load_zerospeech(data: Path, kind: str, split: str = "dev") -> list[Pair]:
+    """sWUGGY (`kind="lexical"`) or sBLIMP (`"syntactic"`) pairs from a `gold.csv` and its wavs."""
+    gold = _gold(data, kind, split)
     with open(gold, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -120,7 +189,9 @@ def load_zerospeech(data: Path, kind: str, split: str = "dev") -> list[Pair]:
         (pos_line, pos), (neg_line, neg) = sides[True][0], sides[False][0]
         meta: dict[str, Any] = {"voice": voice}
         if kind == "lexical":
-            meta["in_vocab"] = _in_vocab(pos["frequency"])
+            meta.update(frequency=_count(pos["frequency"]), in_vocab=_in_vocab(pos["frequency"]))
+            if pos.get("length"):
+                meta["length"] = _count(pos["length"])
         else:
             meta.update(type=pos["type"], subtype=pos["subtype"])
         clips = [_gold_wav(gold, line, row["filename"]) for line, row in ((pos_line, pos), (neg_line, neg))]
@@ -137,12 +208,21 @@ def _correct(value: str, gold: Path, line: int) -> bool:
     raise InputError(f"'{gold}' line {line}: 'correct' must be 1 or 0, got {value!r}")
 
 
-def _in_vocab(frequency: str) -> bool:
+def _in_vocab(frequency: Any) -> bool:
     """A word seen in LibriSpeech: its row's frequency is a positive count ("oov", 0 or empty are not)."""
     try:
         return float(frequency) > 0
-    except ValueError:
+    except (TypeError, ValueError):
         return False
+
+
+def _count(value: Any) -> int | None:
+    """A whole count from a CSV cell or parquet value; None for "oov", empty or not a number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) else None
 
 
 def _gold_wav(gold: Path, line: int, filename: str) -> Clip:
@@ -182,14 +262,10 @@ def load_salmon(data: Path) -> list[Pair]:
 # ---- Spoken StoryCloze ----------------------------------------------------------------------------
 
 _STORY = re.compile(r"(.+)_(correct|incorrect|positive|negative)", re.IGNORECASE)
-_COLUMNS = (("positive", "negative"), ("correct", "incorrect"))
 
 
 def load_storycloze(data: Path) -> list[Pair]:
-    """sSC/tSC pairs from a folder of `<id>_correct.wav`/`<id>_incorrect.wav` files or from parquet files."""
-    files = [data] if data.is_file() else sorted(data.rglob("*.parquet"))
-    if files:
-        return [pair for file in files for pair in _parquet_pairs(file, data)]
+    """sSC/tSC pairs from a folder of `<id>_correct.wav`/`<id>_incorrect.wav` files."""
     stories: dict[tuple[str, str], dict[bool, Path]] = defaultdict(dict)
     for path in find_audio(data, allow_empty=True):
         match = _STORY.fullmatch(path.stem)
@@ -215,7 +291,30 @@ def _subset(folder: Path, root: Path) -> str:
     return folder.relative_to(root).as_posix() if folder != root else root.name
 
 
-def _parquet_pairs(file: Path, root: Path) -> list[Pair]:
+# ---- Hugging Face parquet -------------------------------------------------------------------------
+
+_COLUMNS = (("positive", "negative"), ("positive_audio", "negative_audio"), ("correct", "incorrect"))
+_META = ("id", "voice", "frequency", "length", "type", "subtype", "task", "ind")
+
+
+def _parquet_files(data: Path, task: str) -> list[Path]:
+    """The parquet files to read at `data` (one file, or all under a folder). For SALMon the `all*`
+    configs (`all/`, `all_alignment/`, ...) are left out: they repeat the parts."""
+    if data.is_file():
+        return [data] if data.suffix == ".parquet" else []
+    files = sorted(data.rglob("*.parquet"))
+    if task == "salmon":
+        kept = [f for f in files if not any(p == "all" or p.startswith("all_") for p in f.relative_to(data).parts[:-1])]
+        if files and not kept:
+            raise InputError(f"'{data}' holds only SALMon's all* configs; give the folder of the per-part configs "
+                             "(bg_alignment/, speaker_consistency/, ...)")
+        files = kept
+    return files
+
+
+def _parquet_pairs(file: Path, root: Path, task: str) -> list[Pair]:
+    """One pair per row. The item is the row's `id` (several voices of one id are averaged first, as in
+    sLM21), else the row itself; SALMon's part is its `task` column, else the folder."""
     import pyarrow.parquet as pq
 
     try:
@@ -226,12 +325,32 @@ def _parquet_pairs(file: Path, root: Path) -> list[Pair]:
     columns = next((c for c in _COLUMNS if all(n in names for n in c)), None)
     if columns is None:
         raise InputError(f"'{file}' has no 'positive' and 'negative' audio columns (columns found: {', '.join(names)})")
-    ids = parquet.read(columns=["id"]).column("id").to_pylist() if "id" in names else range(parquet.metadata.num_rows)
-    subset = _subset(file.parent, root) if root.is_dir() else file.parent.name
-    return [
-        Pair(Clip(file, row, columns[0]), Clip(file, row, columns[1]), f"{file.stem}/{story}", {"subset": subset})
-        for row, story in enumerate(ids)
-    ]
+    present = [n for n in _META if n in names]
+    rows = parquet.read(columns=present).to_pylist() if present else [{} for _ in range(parquet.metadata.num_rows)]
+    where = _subset(file.parent, root) if root.is_dir() else file.parent.name
+    pairs = []
+    for index, row in enumerate(rows):
+        meta: dict[str, Any] = {}
+        if task == "salmon":
+            part = str(row.get("task") or where.split("/")[0])
+            meta["part"] = part
+            item = f"{part}/{row.get('ind', index)}"
+        elif "id" in row:
+            item = f"{where}/{row['id']}"
+        else:
+            item = f"{where}/{file.stem}/{index}"
+        if "voice" in row:
+            meta["voice"] = row["voice"]
+        if task == "swuggy" and "frequency" in row:
+            meta.update(frequency=_count(row["frequency"]), in_vocab=_in_vocab(row["frequency"]))
+        if task == "swuggy" and "length" in row:
+            meta["length"] = _count(row["length"])
+        if task == "sblimp":
+            meta.update({k: row[k] for k in ("type", "subtype") if k in row})
+        if task in ("ssc", "tsc", "storycloze"):
+            meta["subset"] = where
+        pairs.append(Pair(Clip(file, index, columns[0]), Clip(file, index, columns[1]), item, meta))
+    return pairs
 
 
 # ---- reading clips --------------------------------------------------------------------------------

@@ -4,14 +4,18 @@ Spoken only by the held-out test voices of `synth corpus --seed S` (the same `vo
 a model trained on that corpus is scored on voices it never heard:
 
     lexical/dev/*.wav + gold.csv      sWUGGY-like: a lexicon word vs a pronounceable non-word
-                                      (id,filename,word,frequency,correct,voice; same id = one pair)
+                                      (id,filename,voice,frequency,word,phones,length,correct)
     syntactic/dev/*.wav + gold.csv    sBLIMP-like: a sentence vs a minimally ungrammatical one
-                                      (id,filename,correct,voice,type,subtype,text)
+                                      (id,filename,voice,type,subtype,correct,transcription)
     storycloze/<id>_correct.wav       tSC-like: a one-topic story with its own ending ...
     storycloze/<id>_incorrect.wav     ... or with an ending from another topic (+ stories.csv)
     salmon/speaker_consistency/sample_<i>_0.wav   one voice throughout ...
     salmon/speaker_consistency/sample_<i>_1.wav   ... or a voice switch halfway, same text
     bench.json                        a summary
+
+The two gold.csv files have the columns, in the order, that the official ZeroSpeech 2021 scorer reads
+by position: same id = one pair; `frequency` an integer (0 = never in the corpus); `phones` espeak-ng's
+IPA for the voice's language and `length` their count. So the official scorer grades this suite too.
 
 Everything is deterministic given the seed and written to a temporary folder renamed at the end.
 """
@@ -104,14 +108,14 @@ def english_words() -> frozenset[str]:
 
 
 def word_frequencies(seed: int, num_sentences: int = 5000) -> Counter:
-    """Occurrences per million words of each lemma in a sample of the grammar (the corpus' distribution)."""
+    """How often each lemma occurs in a sample of `num_sentences` sentences of the grammar (the corpus'
+    distribution): whole counts, like the LibriSpeech counts of sWUGGY's gold."""
     rng = random.Random(f"frequency-{seed}")
-    counts, total = Counter(), 0
+    counts = Counter()
     for _ in range(num_sentences):
         for tok in lexicon.sentence(rng.choice(list(lexicon.TOPICS)), rng):
             counts[tok.entry.lemma if tok.entry else tok.word] += 1
-            total += 1
-    return Counter({w: round(1e6 * c / total, 1) for w, c in counts.items()})
+    return counts
 
 
 def _fixed_form(tok: Token) -> bool:
@@ -188,8 +192,9 @@ def _lexical(root: Path, pairs: int, voices: list[Voice], rng: random.Random, se
         for letter, (spelling, correct) in zip("ab", rng.sample([(word, 1), (nonword, 0)], 2), strict=True):
             name = f"{pid:05d}{letter}"
             _say(root / "lexical" / "dev" / f"{name}.wav", spelling, voice)
-            rows.append({"id": pid, "filename": name, "word": spelling, "frequency": freqs.get(word, 0.0),
-                         "correct": correct, "voice": voice.name})
+            phones = espeak.phones(spelling, voice.language)
+            rows.append({"id": pid, "filename": name, "voice": voice.name, "frequency": freqs.get(word, 0),
+                         "word": spelling, "phones": " ".join(phones), "length": len(phones), "correct": correct})
     write_atomic(root / "lexical" / "dev" / "gold.csv", _csv(rows))
     return {"pairs": len(rows) // 2, "files": len(rows)}
 
@@ -208,8 +213,8 @@ def _syntactic(root: Path, pairs: int, voices: list[Voice], rng: random.Random) 
         for letter, (tokens, correct) in zip("ab", rng.sample([(good, 1), (broken, 0)], 2), strict=True):
             name = f"{pid:05d}{letter}"
             _say(root / "syntactic" / "dev" / f"{name}.wav", text(tokens), voice)
-            rows.append({"id": pid, "filename": name, "correct": correct, "voice": voice.name, "type": kind,
-                         "subtype": subtype, "text": text(tokens)})
+            rows.append({"id": pid, "filename": name, "voice": voice.name, "type": kind, "subtype": subtype,
+                         "correct": correct, "transcription": text(tokens)})
         types[kind] += 1
     write_atomic(root / "syntactic" / "dev" / "gold.csv", _csv(rows))
     return {"pairs": pairs, "files": len(rows), "types": dict(types)}

@@ -25,9 +25,19 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..io import write_json
+from ..io import write_atomic, write_json
 from ..pretrained import load_lm
-from .loaders import TASKS, Clip, ClipReader, Pair, load_pairs
+from .loaders import (
+    SALMON_PARTS,
+    TASKS,
+    Clip,
+    ClipReader,
+    Pair,
+    has_gold,
+    load_dataset,
+    local_folder,
+    split_wavs,
+)
 
 if TYPE_CHECKING:
     from ..lm import WavSLM
@@ -36,19 +46,33 @@ if TYPE_CHECKING:
 # ---- scoring ------------------------------------------------------------------------------------
 
 
-def encode_clips(lm: WavSLM, clips: Sequence[Clip]) -> list[Tensor]:
-    """Tokens `(T,)` of each clip (mono, at the codec's input rate); each must give more than one chunk."""
+def context_chunks(lm: WavSLM, seconds: float) -> int:
+    """Whole 4-token chunks of silence that cover `seconds` (0 -> 0)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"the silence context must be a duration of 0 seconds or more, got {seconds}")
+    return math.ceil(round(seconds * lm.require_codec().frame_rate / lm.toks_per_step, 6))
+
+
+def encode_clips(lm: WavSLM, clips: Sequence[Clip], context: int = 0) -> list[Tensor]:
+    """Tokens `(T,)` of each clip (mono, at the codec's input rate); each must give more than one chunk.
+
+    `context` > 0: the clip is encoded after that many chunks of silence (digital zeros), whose tokens
+    lead the row; the codec is causal, so the clip's own tokens are those it gets after the silence.
+    """
     codec, C = lm.require_codec(), lm.toks_per_step
     read = ClipReader(codec.sample_rate_input)
+    silence = round(context * C * codec.sample_rate_input / codec.frame_rate)
     rows = []
     for clip in tqdm(clips, desc="encode", unit="clip", disable=None, leave=False):
         sig = read(clip)
+        if silence:
+            sig = torch.cat([sig.new_zeros(sig.shape[0], silence), sig], dim=1)
         try:
             toks = codec.encode(sig)[0]
         except InputError as error:
             raise InputError(f"cannot score '{clip.name}': {error}") from error
-        if len(toks) <= C:
-            ms = 1000 * len(toks) / codec.frame_rate
+        if len(toks) <= C * (1 + context):
+            ms = 1000 * (len(toks) - C * context) / codec.frame_rate
             raise InputError(f"'{clip.name}' is too short to score: {len(toks)} tokens ({ms:.0f} ms); more than {C} are needed")
         rows.append(toks)
     return rows
@@ -69,14 +93,19 @@ def batches(lengths: Sequence[int], batch_size: int, step: int = 4) -> list[list
 
 
 @torch.inference_mode()
-def batch_nll(lm: WavSLM, rows: Sequence[Tensor], reduction: str = "mean") -> Tensor:
+def batch_nll(lm: WavSLM, rows: Sequence[Tensor], reduction: str = "mean", start: int | None = None) -> Tensor:
     """Next-chunk NLL of token rows `(T_b,)` with `T_b` equal mod 4, in one pass: `-> (B,)`.
 
-    Equals `lm.score(row[None], reduction)` for each row (up to float rounding).
+    Tokens from index `start` on are scored (default `toks_per_step`, the first predicted chunk; a
+    row led by a silence context starts after it). With the default it equals `lm.score(row[None],
+    reduction)` for each row (up to float rounding).
     """
     if reduction not in ("mean", "sum"):
         raise InputError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     C = lm.toks_per_step
+    start = C if start is None else start
+    if start < C or start % C:
+        raise ValueError(f"scoring starts at a whole chunk after the first, got token {start}")
     lengths = [len(r) for r in rows]
     L = max(lengths)
     if any((L - n) % C for n in lengths):
@@ -90,18 +119,22 @@ def batch_nll(lm: WavSLM, rows: Sequence[Tensor], reduction: str = "mean") -> Te
     logits = lm.logits(feats)  # (B, L, V)
     nll = F.cross_entropy(logits[:, :-C].flatten(0, 1).float(), toks[:, C:].flatten(), reduction="none")
     nll = nll.view(len(rows), L - C)
-    real = torch.arange(L - C, device=device)[None] >= pad[:, None]  # the logit and its target are both real
+    # Logit p predicts token p + C: scored when that token is at or after `start` in its own row.
+    real = torch.arange(L - C, device=device)[None] + C >= pad[:, None] + start
     total = torch.where(real, nll, 0.0).sum(1)
     return total / real.sum(1) if reduction == "mean" else total
 
 
-def score_rows(lm: WavSLM, rows: Sequence[Tensor], reduction: str = "mean", batch_size: int = 16) -> Tensor:
-    """Next-chunk NLL of every token row `(T_i,)`, batched by length: `-> (N,)` in the input order."""
+def score_rows(
+    lm: WavSLM, rows: Sequence[Tensor], reduction: str = "mean", batch_size: int = 16, start: int | None = None
+) -> Tensor:
+    """Next-chunk NLL of every token row `(T_i,)` from token `start` on (see `batch_nll`), batched by
+    length: `-> (N,)` in the input order."""
     out = torch.empty(len(rows))
     plan = batches([len(r) for r in rows], batch_size, lm.toks_per_step)
     with tqdm(total=len(rows), desc="score", unit="clip", disable=None, leave=False) as bar:
         for index in plan:
-            out[index] = batch_nll(lm, [rows[i] for i in index], reduction).cpu()
+            out[index] = batch_nll(lm, [rows[i] for i in index], reduction, start).cpu()
             bar.update(len(index))
     return out
 
@@ -139,53 +172,122 @@ def interval(accuracy: float, items: int) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
-def summarize(task: str, pairs: Sequence[Pair], outcomes: Sequence[float]) -> dict[str, Any]:
-    """Overall accuracy, its 95% interval (`ci95`) and `subsets` (name -> accuracy, ci95, pairs) for `task`.
+# The official sLM21 scorer's frequency bands: pandas.cut over [0, 1, 5, 20, 100, inf) with right-open
+# bins, so "1-5" holds counts 1-4 and "6-20" counts 5-19; the labels are the scorer's own.
+FREQUENCY_BANDS = (("oov", 0, 1), ("1-5", 1, 5), ("6-20", 5, 20), ("21-100", 20, 100), (">100", 100, math.inf))
+TIES = "a tie (equal NLL) counts 0.5"
 
-    sWUGGY: "all" and "in-vocab"; sBLIMP: each `type`; both averaged over voices, then items.
-    SALMon: each part, the overall being the mean over parts. StoryCloze: each subset folder.
-    Intervals are Wilson's over the items (`interval`).
+
+def frequency_band(count: int | None) -> str:
+    """The official sWUGGY band of a word's LibriSpeech count (None, "oov" in the gold: "oov")."""
+    count = count or 0
+    return next((label for label, low, high in FREQUENCY_BANDS if low <= count < high), "oov")
+
+
+def summarize(task: str, pairs: Sequence[Pair], outcomes: Sequence[float]) -> dict[str, Any]:
+    """The headline `accuracy` with its 95% interval and what it is (`averaging`), `subsets` and
+    `breakdowns` (name -> label -> accuracy, ci95, num_items, num_pairs), and `warnings`.
+
+    Every figure averages each item's pairs (its voices) first, then the items, as the official sLM21
+    scorer does. sWUGGY: "all" (the headline) and "in-vocab" (a word count of 1 or more); by frequency
+    band and by length in phones where the data has them. sBLIMP: by type, and by subtype. SALMon: each
+    part; the headline is their mean, labelled as such, with a warning when parts are missing.
+    sSC / tSC: the stories. `storycloze` (folders found): each subset alone, a headline only when there is
+    one, since sSC and tSC are never pooled. Intervals are Wilson's over the items (`interval`).
     """
+    warnings: list[str] = []
+
     def subset(keep) -> dict[str, Any]:
         chosen = [i for i, p in enumerate(pairs) if keep(p)]
         if not chosen:
-            return {"accuracy": None, "ci95": None, "num_pairs": 0}
+            return {"accuracy": None, "ci95": None, "num_items": 0, "num_pairs": 0}
+        items = {pairs[i].item for i in chosen}
         value = item_accuracy([outcomes[i] for i in chosen], [pairs[i].item for i in chosen])
-        return {"accuracy": value, "ci95": interval(value, len({pairs[i].item for i in chosen})),
+        return {"accuracy": value, "ci95": interval(value, len(items)), "num_items": len(items),
                 "num_pairs": len(chosen)}
 
-    def by(key: str) -> dict[str, dict[str, Any]]:
-        return {v: subset(lambda p, v=v: p.meta[key] == v) for v in sorted({p.meta[key] for p in pairs})}
+    def by(key: str, order: Sequence[Any] | None = None) -> dict[str, dict[str, Any]]:
+        values = {p.meta[key] for p in pairs if p.meta.get(key) is not None}
+        keys = [v for v in order if v in values] if order else sorted(values, key=str)
+        return {str(v): subset(lambda p, v=v: p.meta.get(key) == v) for v in keys}
 
+    everything = subset(lambda p: True)
+    subsets: dict[str, dict[str, Any]] = {}
+    breakdowns: dict[str, dict[str, dict[str, Any]]] = {}
+    voices = "each item's voices averaged first, then the items" if any("voice" in p.meta for p in pairs) \
+        else "mean over items"
     if task == "swuggy":
-        subsets = {"all": subset(lambda p: True), "in-vocab": subset(lambda p: p.meta["in_vocab"])}
-        overall = subsets["all"]["accuracy"]
+        subsets["all"] = everything
+        overall, averaging = everything["accuracy"], f"sWUGGY all: {voices} (the official sLM21 rule)"
+        if any("in_vocab" in p.meta for p in pairs):
+            subsets["in-vocab"] = subset(lambda p: p.meta.get("in_vocab", False))
+        if any("frequency" in p.meta for p in pairs):
+            for p in pairs:
+                p.meta["band"] = frequency_band(p.meta.get("frequency"))
+            breakdowns["frequency"] = {label: subset(lambda p, b=label: p.meta["band"] == b)
+                                       for label, _, _ in FREQUENCY_BANDS}
+        if any(p.meta.get("length") is not None for p in pairs):
+            breakdowns["length"] = by("length", sorted({p.meta["length"] for p in pairs if p.meta.get("length") is not None}))
     elif task == "sblimp":
-        subsets, overall = by("type"), subset(lambda p: True)["accuracy"]
+        overall, averaging = everything["accuracy"], f"sBLIMP overall: {voices} (the official sLM21 rule)"
+        if any("type" in p.meta for p in pairs):
+            subsets = by("type")
+        if any("subtype" in p.meta for p in pairs):
+            breakdowns["subtype"] = by("subtype")
     elif task == "salmon":
-        subsets = by("part")
+        subsets = by("part", [*SALMON_PARTS, *sorted({p.meta["part"] for p in pairs} - set(SALMON_PARTS))])
         overall = sum(s["accuracy"] for s in subsets.values()) / len(subsets)
+        averaging = (f"mean over the {len(subsets)} SALMon parts found (papers report each part; this mean is "
+                     "wavslm's summary, not a SALMon figure)")
+        missing = [part for part in SALMON_PARTS if part not in subsets]
+        if missing:
+            warnings.append(f"{len(subsets)} of SALMon's 8 parts found; missing: {', '.join(missing)}, so the mean "
+                            "over parts cannot be set beside published averages")
+    elif task in ("ssc", "tsc"):
+        name = {"ssc": "sSC", "tsc": "tSC"}[task]
+        overall, averaging = everything["accuracy"], f"{name}: mean over stories"
+        subsets = by("subset") if len({p.meta.get("subset") for p in pairs}) > 1 else {}
     else:
-        subsets, overall = by("subset"), subset(lambda p: True)["accuracy"]
-    return {"accuracy": overall, "ci95": interval(overall, len({p.item for p in pairs})), "subsets": subsets}
+        subsets = by("subset")
+        if len(subsets) == 1:
+            overall, averaging = everything["accuracy"], "StoryCloze: mean over stories"
+        else:
+            overall, averaging = None, "StoryCloze: each subset alone (sSC and tSC are never pooled)"
+            warnings.append(f"{len(subsets)} StoryCloze subsets found ({', '.join(subsets)}): each is reported "
+                            "alone; use --task ssc or --task tsc on one of them for a headline")
+    ci95 = None if overall is None else interval(overall, len({p.item for p in pairs}))
+    return {"accuracy": overall, "ci95": ci95, "averaging": averaging, "num_items": everything["num_items"],
+            "subsets": subsets, "breakdowns": breakdowns, "warnings": warnings}
 
 
 # ---- the whole evaluation -----------------------------------------------------------------------
 
 
-def evaluate(
-    lm: WavSLM, pairs: Sequence[Pair], task: str, reduction: str = "mean", batch_size: int = 16
-) -> dict[str, Any]:
-    """Score every clip of `pairs` once; return the summary plus per-pair NLLs and outcomes (`pairs`)."""
-    if not pairs:
-        raise InputError("the dataset has no pairs to score")
-    clips = list(dict.fromkeys(c for p in pairs for c in (p.positive, p.negative)))
+def score_clips(
+    lm: WavSLM, clips: Sequence[Clip], reduction: str = "mean", batch_size: int = 16, context: int = 0
+) -> dict[Clip, float]:
+    """Next-chunk NLL of each clip; `context` chunks of silence before each make its first chunk scored."""
+    clips = list(dict.fromkeys(clips))
     # Identical token rows are scored once, so identical audio is an exact tie whatever its batch.
-    rows = encode_clips(lm, clips)
+    rows = encode_clips(lm, clips, context)
     keys = [row.cpu().numpy().tobytes() for row in rows]
     unique = dict(zip(keys, rows, strict=True))
-    scores = dict(zip(unique, score_rows(lm, list(unique.values()), reduction, batch_size).tolist(), strict=True))
-    nll = {clip: scores[key] for clip, key in zip(clips, keys, strict=True)}
+    start = lm.toks_per_step * max(1, context)
+    scores = score_rows(lm, list(unique.values()), reduction, batch_size, start).tolist()
+    by_key = dict(zip(unique, scores, strict=True))
+    return {clip: by_key[key] for clip, key in zip(clips, keys, strict=True)}
+
+
+def scored_span(lm: WavSLM, context: int) -> str:
+    """How results describe which tokens of a clip were scored."""
+    if context:
+        ms = 1000 * context * lm.toks_per_step / lm.require_codec().frame_rate
+        return f"every token, the first chunk predicted from {ms:.0f} ms of silence before the clip"
+    return f"every token after the first chunk ({lm.toks_per_step} tokens), which has no context to be predicted from"
+
+
+def tally(pairs: Sequence[Pair], nll: dict[Clip, float], task: str) -> dict[str, Any]:
+    """The summary of `pairs` given every clip's NLL, plus per-pair NLLs and outcomes (`pairs`)."""
     pos = torch.tensor([nll[p.positive] for p in pairs], dtype=torch.float64)
     neg = torch.tensor([nll[p.negative] for p in pairs], dtype=torch.float64)
     outcomes = pair_outcomes(pos, neg).tolist()
@@ -197,16 +299,85 @@ def evaluate(
     return {"num_pairs": len(pairs), **summarize(task, pairs, outcomes), "pairs": per_pair}
 
 
+def evaluate(
+    lm: WavSLM, pairs: Sequence[Pair], task: str, reduction: str = "mean", batch_size: int = 16, context: int = 0
+) -> dict[str, Any]:
+    """Score every clip of `pairs` once; return the summary plus per-pair NLLs and outcomes (`pairs`).
+
+    `context`: chunks of silence encoded before each clip, so that its first chunk is scored too.
+    """
+    if not pairs:
+        raise InputError("the dataset has no pairs to score")
+    nll = score_clips(lm, [c for p in pairs for c in (p.positive, p.negative)], reduction, batch_size, context)
+    return tally(pairs, nll, task)
+
+
+# ---- ZeroSpeech 2021 submissions ----------------------------------------------------------------
+
+# What `zerospeech2021-validate` requires of meta.yaml: every key, of these types; phonetic and semantic
+# parameters although only lexical and syntactic scores are written.
+META_YAML = """\
+author: {author}
+affiliation: {affiliation}
+description: {description}
+open_source: false
+train_set: {train_set}
+visually_grounded: false
+gpu_budget: 0
+parameters:
+  phonetic:
+    metric: cosine
+    frame_shift: 0.02
+  semantic:
+    metric: cosine
+    pooling: mean
+"""
+
+
+def write_submission(folder: Path, kind: str, split: str, scores: dict[str, float], model: str, reduction: str,
+                     span: str) -> Path:
+    """Write `<folder>/<kind>/<split>.txt` (`<wav stem> <score>` per line, higher = more probable) in the
+    official ZeroSpeech 2021 layout, with `meta.yaml` and the empty phonetic/semantic folders the
+    validator expects when they are missing; other tasks' files already there are kept."""
+    import yaml
+
+    folder = Path(folder)
+    out = folder / kind / f"{split}.txt"
+    write_atomic(out, "".join(f"{stem} {score!r}\n" for stem, score in sorted(scores.items())))
+    for sub in ("phonetic", "semantic", "lexical", "syntactic"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    meta = folder / "meta.yaml"
+    if not meta.exists():
+        quote = lambda text: yaml.safe_dump(text, default_style='"', width=1_000).strip()  # noqa: E731
+        write_atomic(meta, META_YAML.format(
+            author=quote("(your name)"), affiliation=quote("(your affiliation)"),
+            description=quote(f"wavslm {model}: score = minus the next-chunk NLL ({reduction} over {span})"),
+            train_set=quote("(the training data)")))
+    return out
+
+
 # ---- CLI glue -----------------------------------------------------------------------------------
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the `eval zeroshot` arguments to `parser` (which already has `--device`)."""
-    parser.add_argument("--task", required=True, choices=TASKS, help="benchmark layout to read")
-    parser.add_argument("--data", required=True, type=Path, help="dataset folder (or a .parquet file for storycloze)")
+    parser.add_argument("--task", required=True, choices=TASKS,
+                        help="benchmark: swuggy, sblimp, salmon, ssc / tsc (spoken StoryCloze), or storycloze "
+                             "(every subset found, each reported alone)")
+    parser.add_argument("--data", required=True,
+                        help="dataset folder or .parquet file, or a Hugging Face Hub dataset id (speed/sWUGGY, "
+                             "slprl/SALMon), taken from the local cache when offline")
     parser.add_argument("--model", help="WavSLM folder, .json or Hub id (default: the bundled model)")
     parser.add_argument("--split", choices=("dev", "test"), default="dev", help="sLM21 split (default: dev)")
     parser.add_argument("--reduction", choices=("mean", "sum"), default="mean", help="NLL per token or per clip (default: mean)")
+    parser.add_argument("--score-first-chunk", action="store_true",
+                        help="encode --silence seconds of silence before each clip so that its first chunk (80 ms) "
+                             "is scored too; by default it is context only, as in the original scorer")
+    parser.add_argument("--silence", type=float, default=0.16, metavar="SECONDS",
+                        help="silence before each clip with --score-first-chunk, in whole chunks (default: 0.16)")
+    parser.add_argument("--submission", type=Path, metavar="DIR",
+                        help="sWUGGY/sBLIMP: score every wav of the split, gold or not, and write DIR/lexical/<split>.txt "
+                             "(or syntactic/) in the official ZeroSpeech 2021 layout, with meta.yaml")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default: 16)")
     parser.add_argument("-o", "--output", type=Path, help="results file (.json)")
     parser.add_argument("--per-pair", action="store_true", help="include every pair's NLLs in the results file")
@@ -215,21 +386,48 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load the pairs and the model, score, print a summary and write the JSON results when asked."""
-
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    pairs = load_pairs(args.task, args.data, args.split)  # before the model: a bad dataset fails fast
+    submission = getattr(args, "submission", None)
+    if submission is not None and args.task not in ("swuggy", "sblimp"):
+        raise InputError("--submission writes the ZeroSpeech 2021 layout, which has files for swuggy and sblimp only")
+    kind = {"swuggy": "lexical", "sblimp": "syntactic"}.get(args.task)
+    # Before the model: a bad dataset fails fast. Without gold (the test split), a submission needs only the wavs.
+    if submission is not None:
+        folder = local_folder(args.data)
+        wavs = split_wavs(folder, kind, args.split)
+        dataset = load_dataset(args.task, folder, args.split) if has_gold(args.task, folder, args.split) else None
+    else:
+        dataset, wavs = load_dataset(args.task, args.data, args.split), []
     lm = load_lm(args.model, args.device)
-    scored = evaluate(lm, pairs, args.task, args.reduction, args.batch_size)
-    results = {
+    context = context_chunks(lm, args.silence) if getattr(args, "score_first_chunk", False) else 0
+    if getattr(args, "score_first_chunk", False) and context == 0:
+        raise InputError("--score-first-chunk needs --silence of more than 0 seconds")
+    span = scored_span(lm, context)
+    pairs = dataset.pairs if dataset is not None else []
+    clips = [c for p in pairs for c in (p.positive, p.negative)] + wavs
+    if not clips:
+        raise InputError("the dataset has no pairs to score")
+    nll = score_clips(lm, clips, args.reduction, args.batch_size, context)
+    results: dict[str, Any] = {
         "task": args.task,
         "model": args.model or "bundled",
-        "reduction": args.reduction,
+        "data": {"source": str(args.data), "folder": str(dataset.folder if dataset else folder),
+                 "layout": dataset.layout if dataset else "ZeroSpeech 2021 wavs (no gold)"},
         "split": args.split if args.task in ("swuggy", "sblimp") else None,
-        **scored,
+        "reduction": args.reduction,
+        "ties": TIES,
+        "scored_span": span,
     }
+    if pairs:
+        results.update(tally(pairs, nll, args.task))
+    if submission is not None:
+        scores = {clip.path.stem: -nll[clip] for clip in wavs}
+        written = write_submission(submission, kind, args.split, scores, results["model"], args.reduction, span)
+        results["submission"] = {"file": str(written), "num_scores": len(scores),
+                                 "score": "minus the NLL: higher = more probable"}
     if not args.per_pair:
-        del results["pairs"]
+        results.pop("pairs", None)
     print(format_summary(results))
     if args.output is not None:
         write_json(args.output, results)
@@ -238,11 +436,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_summary(results: dict[str, Any]) -> str:
     split = f" {results['split']}" if results.get("split") else ""
-    lines = [f"{results['task']}{split}: {results['num_pairs']} pairs, accuracy {_percent(results['accuracy'])}"
-             f"{_range(results.get('ci95'))}"]
-    lines += [f"  {name}: {_percent(s['accuracy'])}{_range(s.get('ci95'))} ({s['num_pairs']} pairs)"
-              for name, s in results["subsets"].items()]
+    lines = []
+    if "accuracy" in results:
+        lines.append(f"{results['task']}{split}: {results['num_pairs']} pairs, accuracy {_percent(results['accuracy'])}"
+                     f"{_range(results.get('ci95'))}  [{results['averaging']}]")
+        lines += [f"  {name}: {_stats(s)}" for name, s in results["subsets"].items()]
+        for title, groups in results.get("breakdowns", {}).items():
+            lines.append(f"  by {title}:")
+            lines += [f"    {name}: {_stats(s)}" for name, s in groups.items()]
+        lines += [f"warning: {w}" for w in results.get("warnings", [])]
+    if "submission" in results:
+        s = results["submission"]
+        lines.append(f"wrote {s['num_scores']} scores ({s['score']}) to {s['file']}")
+    lines.append(f"scored: {results['scored_span']}; {results['reduction']} NLL; {results['ties']}")
     return "\n".join(lines)
+
+
+def _stats(s: dict[str, Any]) -> str:
+    return f"{_percent(s['accuracy'])}{_range(s.get('ci95'))} ({s['num_pairs']} pairs)"
 
 
 def _range(ci95: list[float] | None) -> str:
