@@ -119,16 +119,18 @@ def is_dataset_id(ref: str | os.PathLike) -> bool:
     return not Path(text).expanduser().exists() and _DATASET_ID.fullmatch(text) is not None
 
 
-def dataset_folder(repo_id: str, revision: str | None = None) -> Path:
-    """The local snapshot of Hub dataset `repo_id`'s parquet files and card: downloaded when the Hub can
-    be reached, else taken from the local Hugging Face cache (`HF_HUB_CACHE`); one sentence if neither.
+def dataset_folder(repo_id: str, revision: str | None = None, ignore: list[str] | None = None) -> Path:
+    """The local snapshot of Hub dataset `repo_id`'s parquet files and card (less the `ignore` patterns):
+    downloaded when the Hub can be reached, else taken from the local Hugging Face cache (`HF_HUB_CACHE`);
+    one sentence if neither.
     """
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     patterns = ["*.parquet", "**/*.parquet", "README.md"]
     try:
-        folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns))
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns,
+                                        ignore_patterns=ignore))
     except GatedRepoError as error:
         raise InputError(f"dataset '{repo_id}' is gated on the Hugging Face Hub: accept its terms and log in "
                          "(`hf auth login`) first") from error

@@ -124,6 +124,9 @@ def test_submission_is_graded_by_the_official_rules_as_wavslm_reports(pool, tmp_
         official.validate(data, sub, only_dev=False)
     meta = (sub / "meta.yaml").read_text()
     assert "wavslm" in meta and "(your name)" in meta  # kept across the four runs, for the user to fill in
+    with pytest.raises(InputError, match="holds scores made another way: its meta.yaml says"):
+        _cli("--task", "swuggy", "--data", data, "--model", MODEL, "--submission", sub, "--reduction", "sum")
+    assert (sub / "lexical" / "dev.txt").read_text() == "".join(f"{k} {v}\n" for k, v in sorted(dev.items()))
     with pytest.raises(InputError, match="files for swuggy and sblimp only"):
         _cli("--task", "salmon", "--data", data, "--model", MODEL, "--submission", sub)
 
@@ -202,6 +205,9 @@ def test_speed_swuggy_and_tstorycloze_layouts(pool, tmp_path):
     assert swuggy["breakdowns"]["frequency"]["1-5"]["num_items"] == 1
     tsc = _cli("--task", "tsc", "--data", tmp_path / "tStoryCloze", "--model", MODEL)
     assert tsc["accuracy"] == pytest.approx(sum(outcomes) / 3) and tsc["averaging"] == "tSC: mean over stories"
+    assert tsc["split"] is None and tsc["data"]["layout"] == "Hugging Face parquet"
+    both = _cli("--task", "tsc", "--data", tmp_path, "--model", MODEL)  # sWUGGY's and tSC's files: two subsets
+    assert both["accuracy"] is None and "give one of them as --data" in both["warnings"][0]
 
 
 def test_salmon_parquet_layout_skips_the_all_configs(pool, tmp_path):
@@ -224,6 +230,18 @@ def test_salmon_parquet_layout_skips_the_all_configs(pool, tmp_path):
     assert list(result["subsets"]) == ["speaker_consistency", "sentiment_alignment"]  # the paper's order
     assert result["accuracy"] == pytest.approx(sum(per_part.values()) / 2)
     assert "2 of SALMon's 8 parts found" in result["warnings"][0]
+    # Two shards of one part without `ind` columns: four items, not two.
+    shard = tmp_path / "noind" / "rir_consistency"
+    shard.mkdir(parents=True)
+    for k in range(2):
+        pq.write_table(pa.table({"positive_audio": pa.array([_cell(clips["c0"]), _cell(clips["c1"])], _audio_type()),
+                                 "negative_audio": pa.array([_cell(clips["c2"]), _cell(clips["c3"])], _audio_type())}),
+                       shard / f"train-0000{k}-of-00002.parquet")
+    assert len({p.item for p in load_dataset("salmon", tmp_path / "noind").pairs}) == 4
+    # Files of two splits are not read as one.
+    shutil.copy(shard / "train-00000-of-00002.parquet", shard / "test-00000-of-00001.parquet")
+    with pytest.raises(InputError, match="holds parquet files of several splits \\(test, train\\)"):
+        load_dataset("salmon", tmp_path / "noind")
     # One `all` config given on purpose is read, its parts told apart by the `task` column.
     assert {p.meta["part"] for p in load_dataset("salmon", tmp_path / "all").pairs} == {"speaker_consistency"}
     (tmp_path / "only" / "all_consistency").mkdir(parents=True)
@@ -275,7 +293,8 @@ def test_score_first_chunk_scores_every_token_after_silence(lm, pool):
     from wavslm import load_audio
 
     expected = {}
-    for name in ("c0", "c3"):
+    lengths = []
+    for name in ("c0", "c4"):
         sig = load_audio(clips[name], sample_rate=16000, mono=True)[0]
         toks = lm.codec.encode(torch.cat([torch.zeros(1, context * C * 320), sig], 1))
         with torch.inference_mode():
@@ -283,8 +302,10 @@ def test_score_first_chunk_scores_every_token_after_silence(lm, pool):
         losses = F.cross_entropy(logits[0, :-C], toks[0, C:], reduction="none")
         expected[name] = float(losses[context * C - C :].mean())  # the targets from the clip's first token on
         assert toks.shape[1] - context * C == len(lm.codec.encode(sig)[0])
+        lengths.append(toks.shape[1])
+    assert lengths[0] % C == lengths[1] % C  # so batch_size 2 left-pads one row: the span mask meets padding
     for batch_size in (1, 2):
-        got = score_clips(lm, [Clip(clips["c0"]), Clip(clips["c3"])], "mean", batch_size, context)
+        got = score_clips(lm, [Clip(clips["c0"]), Clip(clips["c4"])], "mean", batch_size, context)
         assert got[Clip(clips["c0"])] == pytest.approx(expected["c0"], abs=1e-5)
-        assert got[Clip(clips["c3"])] == pytest.approx(expected["c3"], abs=1e-5)
+        assert got[Clip(clips["c4"])] == pytest.approx(expected["c4"], abs=1e-5)
     assert expected["c0"] != pytest.approx(nll["mean"]["c0"], abs=1e-3)  # the default scores another span

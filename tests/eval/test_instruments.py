@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from wavslm.errors import InputError  # noqa: E402
 from wavslm.eval import generation_eval, instruments  # noqa: E402
-from wavslm.eval.transcripts import auto_bleu_gslm  # noqa: E402
+from wavslm.eval.transcripts import auto_bleu_gslm, words  # noqa: E402
 
 CLEAN = SPEECH / "librispeech-dev-clean/84/84-121123-0007.wav"
 
@@ -159,11 +159,12 @@ def test_eval_generation_names_every_result_after_its_instrument(checkpoints, tm
     results = json.loads(out.read_text())
     row = results["continuations"][0]
     for key in ("transcript_full_whisper", "auto_bleu2_gslm_whisper", "auto_bleu2_slamkit_whisper", "nll_trigram_whisper",
-                "nll_lm_whisper", "nll_lm_pocketsphinx", "speaker_similarity_wavlm_sv", "speaker_similarity_resemblyzer",
+                "nll_lm-lm_whisper", "nll_lm-lm_pocketsphinx", "speaker_similarity_wavlm_sv", "speaker_similarity_resemblyzer",
                 "utmos", "dnsmos_ovrl"):
         assert key in row, key
-    assert row["auto_bleu2_gslm_whisper"] == auto_bleu_gslm(row["transcript_full_whisper"].split(), 2)
-    assert set(results["genppl"]) >= {"trigram_pocketsphinx", "lm_pocketsphinx", "trigram_whisper", "lm_whisper"}
+    assert row["auto_bleu2_gslm_whisper"] == auto_bleu_gslm(words(row["transcript_full_whisper"]), 2)
+    assert set(results["genppl"]) >= {"trigram_pocketsphinx", "lm-lm_pocketsphinx", "trigram_whisper", "lm-lm_whisper"}
+    assert results["settings"]["instruments"]["whisper"] == str(checkpoints["whisper"])
 
 
 def test_instrument_paths_fail_in_one_sentence(tmp_path):

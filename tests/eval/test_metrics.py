@@ -16,7 +16,7 @@ from conftest import REFERENCE, SPEECH
 from wavslm.audio import load_audio, save_audio
 from wavslm.errors import InputError
 from wavslm.eval import codec_eval, generation_eval, metrics
-from wavslm.eval.transcripts import auto_bleu_gslm, auto_bleu_slamkit, genppl, trigram_lm
+from wavslm.eval.transcripts import auto_bleu_gslm, auto_bleu_slamkit, genppl, trigram_lm, words
 from wavslm.io import find_audio
 
 CLEAN = "librispeech-dev-clean/84/84-121123-0007.wav"  # 2.0 s, "what do you mean sir"
@@ -206,7 +206,9 @@ def test_eval_generation_writes_every_field(data, tmp_path):
     results = json.loads(out.read_text())
     assert results["model"] == str(REFERENCE / "wavslm_tiny")
     assert results["settings"] == {"prompt_seconds": 1.0, "seconds": 1.28, "seed": 7, "num": 2, "top_p": 0.3,
-                                   "temp": 0.8, "device": "cpu"}
+                                   "temp": 0.8, "device": "cpu", "instruments": {
+                                       "whisper": None, "text_lm": None, "speaker_verifier": None, "utmos": None,
+                                       "utmos_weights": None}}
     assert results["num_prompts"] == 1 and results["num_continuations"] == 2
     assert "pocketsphinx_words_per_second" in results["intelligibility"]
     rows = results["continuations"]
@@ -217,7 +219,7 @@ def test_eval_generation_writes_every_field(data, tmp_path):
         assert row["pocketsphinx_confidence"] is None or 0 <= row["pocketsphinx_confidence"] <= 1
         assert row["prompt_seconds"] == 1.0 and row["prompt_pocketsphinx_words_per_second"] > 0
         # The prompt is real speech, so the prompt + continuation transcript has words the trigram scores.
-        tokens = row["transcript_full_pocketsphinx"].split()
+        tokens = words(row["transcript_full_pocketsphinx"])
         assert tokens and row["nll_trigram_pocketsphinx"] > 0
         assert row["auto_bleu2_gslm_pocketsphinx"] == auto_bleu_gslm(tokens, 2)
         assert row["auto_bleu2_slamkit_pocketsphinx"] == auto_bleu_slamkit(tokens, 2)
@@ -227,7 +229,8 @@ def test_eval_generation_writes_every_field(data, tmp_path):
     assert set(results["mean"]) >= {"dnsmos_ovrl", "speaker_similarity_resemblyzer", "pocketsphinx_words_per_second",
                                     "pocketsphinx_confidence", "auto_bleu2_gslm_pocketsphinx", "nll_trigram_pocketsphinx"}
     nlls = [r["nll_trigram_pocketsphinx"] for r in rows]
-    assert results["genppl"] == {"trigram_pocketsphinx": pytest.approx(math.exp(sum(nlls) / 2))}
+    assert results["genppl"] == {"trigram_pocketsphinx": {"value": pytest.approx(math.exp(sum(nlls) / 2)),
+                                                          "num_transcripts": 2}}
     assert "seed" not in results["mean"] and 0 < results["codebook_usage"]["used_share"] <= 1
 
 
@@ -270,5 +273,8 @@ def test_trigram_lm_scores_sentences_and_skips_unknown_words():
     assert math.exp(good["nll"]) == pytest.approx(101.7, abs=0.1)
     assert shuffled["nll"] > good["nll"] + 1
     odd = lm.score("The cat sat on the zzqx".split())
-    assert odd["oov"] == 1 and odd["scored"] == 6 and lm.score([])["scored"] == 1  # </s> alone
-    assert genppl([1.0, 3.0, None]) == pytest.approx(math.exp(2.0)) and genppl([]) is None
+    assert odd["oov"] == 1 and odd["scored"] == 6
+    assert lm.score([]) == {"nll": None, "scored": 0, "oov": 0}  # no transcript, no NLL (as with a text LM)
+    assert genppl([1.0, 3.0, None]) == {"value": pytest.approx(math.exp(2.0)), "num_transcripts": 2}
+    assert genppl([]) == {"value": None, "num_transcripts": 0}
+    assert words("Hello, world. The world's END!") == ["hello", "world", "the", "world's", "end"]

@@ -97,7 +97,7 @@ def test_summarize_storycloze_never_pools_subsets():
     result = summarize("storycloze", pairs, [1, 1, 0])
     assert result["accuracy"] is None and result["ci95"] is None and "never pooled" in result["averaging"]
     assert {k: v["accuracy"] for k, v in result["subsets"].items()} == {"sSC": 1.0, "tSC": 0.0}
-    assert "use --task ssc or --task tsc" in result["warnings"][0]
+    assert "give one of them as --data with --task ssc or --task tsc" in result["warnings"][0]
     result = summarize("tsc", pairs[2:], [0])
     assert result["accuracy"] == 0.0 and result["averaging"] == "tSC: mean over stories"
 

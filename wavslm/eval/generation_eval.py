@@ -90,8 +90,8 @@ def _full(prompt: np.ndarray, cont: np.ndarray, tools: Instruments) -> dict:
         out[f"auto_bleu2_gslm_{asr}"] = transcripts.auto_bleu_gslm(tokens, 2)
         out[f"auto_bleu2_slamkit_{asr}"] = transcripts.auto_bleu_slamkit(tokens, 2)
         out[f"nll_trigram_{asr}"] = transcripts.trigram_lm().score(tokens)["nll"]
-        if tools.text_lm is not None:
-            out[f"nll_{tools.text_lm.name}_{asr}"] = tools.text_lm.nll(text)
+        if tools.text_lm is not None:  # the raw transcript, as SlamKit gives it to its LM; None when empty
+            out[f"nll_{tools.text_lm.name}_{asr}"] = tools.text_lm.nll(text) if tokens else None
     return out
 
 
@@ -234,13 +234,16 @@ def run(args: argparse.Namespace) -> dict:
                                   args.top_p, args.temp, args.save_audio, instruments=tools)
     results = {"model": args.model or str(BUNDLED_LM), "prompts": str(args.prompts), **results}
     results["settings"]["device"] = args.device
+    results["settings"]["instruments"] = {  # which checkpoints made the opt-in results
+        "whisper": args.whisper, "text_lm": args.text_lm, "speaker_verifier": args.speaker_verifier,
+        "utmos": args.utmos, "utmos_weights": args.utmos_weights}
     if args.output is None:
         print(json.dumps(jsonable(results), indent=2))
     else:
         write_json(args.output, jsonable(results))
         m = results["mean"]
         conf = "n/a" if m["pocketsphinx_confidence"] is None else f"{m['pocketsphinx_confidence']:.2f}"
-        ppl = results["genppl"].get("trigram_pocketsphinx")
+        ppl = results["genppl"].get("trigram_pocketsphinx", {}).get("value")
         print(f"{args.output}: {results['num_continuations']} continuations; DNSMOS {m['dnsmos_ovrl']:.2f}, "
               f"speaker similarity (resemblyzer) {m['speaker_similarity_resemblyzer']:.3f}, pocketsphinx "
               f"{m['pocketsphinx_words_per_second']:.2f} words/s (confidence {conf}); prompt + continuation: "

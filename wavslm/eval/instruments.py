@@ -51,13 +51,15 @@ class Whisper:
 
     def __init__(self, path: str | Path, device: str = "cpu"):
         transformers = _transformers("--whisper")
-        self.name = f"whisper ({Path(path).name})"
         self.pipe = transformers.pipeline("automatic-speech-recognition", model=str(_folder(path, "Whisper")),
                                           device=torch.device(device))
+        # English-only checkpoints (*.en) take no language or task.
+        multilingual = getattr(self.pipe.model.generation_config, "is_multilingual", False)
+        self.options = {"language": "en", "task": "transcribe"} if multilingual else {}
 
     def __call__(self, sig: np.ndarray) -> str:
         out = self.pipe({"raw": np.asarray(sig, dtype=np.float32), "sampling_rate": RATE},
-                        generate_kwargs={"language": "en", "task": "transcribe"})
+                        generate_kwargs=self.options)
         return out["text"].strip()
 
 
@@ -67,7 +69,7 @@ class TextLM:
     def __init__(self, path: str | Path, device: str = "cpu"):
         transformers = _transformers("--text-lm")
         folder = _folder(path, "text LM")
-        self.name = Path(path).name
+        self.name = f"lm-{Path(path).name}"  # results: nll_lm-<folder>_<asr>, apart from nll_trigram_*
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         self.model = transformers.AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
         self.device = device

@@ -85,12 +85,13 @@ class Dataset:
     layout: str
 
 
-def local_folder(data: str | Path) -> Path:
-    """`data` as a local path: itself when it exists, else the snapshot of the Hub dataset it names."""
+def local_folder(data: str | Path, task: str | None = None) -> Path:
+    """`data` as a local path: itself when it exists, else the snapshot of the Hub dataset it names (for
+    SALMon without the `all*` configs, which repeat the parts)."""
     from ..hub import dataset_folder, is_dataset_id
 
     if is_dataset_id(data):
-        return dataset_folder(str(data))
+        return dataset_folder(str(data), ignore=["all/*", "all_*/*"] if task == "salmon" else None)
     path = Path(data).expanduser()
     if not path.exists():
         raise InputError(f"dataset path '{data}' does not exist (nor is it a Hub dataset id such as speed/sWUGGY)")
@@ -98,12 +99,14 @@ def local_folder(data: str | Path) -> Path:
 
 
 def load_dataset(task: str, data: str | Path, split: str = "dev") -> Dataset:
-    """The pairs of `task` (one of `TASKS`) found at `data`; `split` (dev | test) is for sLM21 only."""
+    """The pairs of `task` (one of `TASKS`) found at `data`; `split` (dev | test) is for sLM21 only (a
+    parquet set must hold one split: the Hugging Face sets hold only `train`)."""
     if task not in TASKS:
         raise InputError(f"unknown zero-shot task {task!r}; expected one of {', '.join(TASKS)}")
-    folder = local_folder(data)
+    folder = local_folder(data, task)
     parquet = _parquet_files(folder, task)
     if parquet and not (task in ("swuggy", "sblimp") and _gold(folder, _KIND[task], split, must=False)):
+        _one_split(parquet, folder)
         pairs, layout = [pair for file in parquet for pair in _parquet_pairs(file, folder, task)], "Hugging Face parquet"
     elif task in ("swuggy", "sblimp"):
         pairs, layout = load_zerospeech(folder, _KIND[task], split), "ZeroSpeech 2021 gold.csv"
@@ -161,7 +164,8 @@ def split_wavs(data: Path, kind: str, split: str) -> list[Clip]:
     folder = next((f for f in folders if f != data), data) if folders else None
     wavs = sorted(folder.glob("*.wav")) if folder is not None else []
     if not wavs:
-        raise InputError(f"no wav files for {kind}/{split} under '{data}': expected '{data / kind / split}/*.wav'")
+        raise InputError(f"no wav files for {kind}/{split} under '{data}': a ZeroSpeech 2021 submission scores the "
+                         f"sLM21 wav layout ('{data / kind / split}/*.wav'), not parquet sets")
     return [Clip(w) for w in wavs]
 
 
@@ -209,11 +213,9 @@ def _correct(value: str, gold: Path, line: int) -> bool:
 
 
 def _in_vocab(frequency: Any) -> bool:
-    """A word seen in LibriSpeech: its row's frequency is a positive count ("oov", 0 or empty are not)."""
-    try:
-        return float(frequency) > 0
-    except (TypeError, ValueError):
-        return False
+    """A word seen in LibriSpeech: its row's frequency is a count of 1 or more ("oov", 0 or empty are not),
+    as the official scorer's bands have it."""
+    return (_count(frequency) or 0) >= 1
 
 
 def _count(value: Any) -> int | None:
@@ -312,6 +314,18 @@ def _parquet_files(data: Path, task: str) -> list[Path]:
     return files
 
 
+_SPLIT = re.compile(r"(train|validation|valid|dev|test)(?=[-_.]|$)")
+
+
+def _one_split(files: list[Path], root: Path) -> None:
+    """Refuse parquet files of several splits (`dev-00000-of-00001.parquet`, `test/0000.parquet`) read as one."""
+    found = {m[1] for f in files for part in f.relative_to(root).parts if (m := _SPLIT.match(part))} \
+        if root.is_dir() else set()
+    if len(found) > 1:
+        raise InputError(f"'{root}' holds parquet files of several splits ({', '.join(sorted(found))}); give the "
+                         "file or folder of one split as --data")
+
+
 def _parquet_pairs(file: Path, root: Path, task: str) -> list[Pair]:
     """One pair per row. The item is the row's `id` (several voices of one id are averaged first, as in
     sLM21), else the row itself; SALMon's part is its `task` column, else the folder."""
@@ -334,7 +348,7 @@ def _parquet_pairs(file: Path, root: Path, task: str) -> list[Pair]:
         if task == "salmon":
             part = str(row.get("task") or where.split("/")[0])
             meta["part"] = part
-            item = f"{part}/{row.get('ind', index)}"
+            item = f"{part}/{row['ind']}" if "ind" in row else f"{part}/{where}/{file.stem}/{index}"
         elif "id" in row:
             item = f"{where}/{row['id']}"
         else:

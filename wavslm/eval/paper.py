@@ -86,7 +86,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag}", metavar="DATA", help=f"{what}: a local path or a Hub dataset id")
     parser.add_argument("--suite", type=Path, help="the synthetic suite of `wavslm synth bench` for every task it has")
     parser.add_argument("--model", help="WavSLM folder, .json or Hub id (default: the bundled model)")
-    parser.add_argument("--split", choices=("dev", "test"), default="dev", help="sLM21 split (default: dev)")
     parser.add_argument("--score-first-chunk", action="store_true",
                         help="encode 0.16 s of silence before each clip so that its first chunk is scored too")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default: 16)")
@@ -104,10 +103,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError("give the data of at least one task: --salmon, --swuggy, --sblimp, --tsc or --suite")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    datasets = {task: load_dataset(task, source, args.split) for task, source in data.items()}  # before the model
+    # sLM21's dev split: the test gold is withheld (`eval zeroshot --submission` writes files for its grader).
+    datasets = {task: load_dataset(task, source, "dev") for task, source in data.items()}  # before the model
     lm = load_lm(args.model, args.device)
     context = context_chunks(lm, 0.16) if args.score_first_chunk else 0
-    results = {"model": args.model or "bundled", **run_paper(lm, datasets, args.split, args.batch_size, context)}
+    results = {"model": args.model or "bundled", **run_paper(lm, datasets, "dev", args.batch_size, context)}
     print(format_table(results))
     if args.output is not None:
         write_json(args.output, results)

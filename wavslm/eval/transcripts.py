@@ -25,8 +25,11 @@ import numpy as np
 
 
 def words(text: str) -> list[str]:
-    """Whitespace tokens, as GSLM's scripts split ASR output (pocketsphinx writes no punctuation)."""
-    return text.split()
+    """The words of an ASR transcript, lowercased and without punctuation (`metrics.normalise_text`), split
+    on whitespace as GSLM's scripts split ASR output: pocketsphinx's and Whisper's transcripts alike."""
+    from .metrics import normalise_text
+
+    return normalise_text(text).split()
 
 
 def auto_bleu_gslm(tokens: Sequence[str], n: int = 2) -> float:
@@ -57,10 +60,11 @@ def auto_bleu_slamkit(tokens: Sequence[str], n: int = 2) -> float:
     return sum(counts[g] > 1 for g in grams) / len(grams)
 
 
-def genppl(mean_nlls: Sequence[float]) -> float | None:
-    """exp of the mean over transcripts of their mean token NLL (SlamKit's aggregation); None if none."""
+def genppl(mean_nlls: Sequence[float | None]) -> dict[str, float | int | None]:
+    """`{"value": exp of the mean over transcripts of their mean token NLL (SlamKit's aggregation),
+    "num_transcripts": how many had one}`; empty transcripts (None) are left out and not counted."""
     finite = [x for x in mean_nlls if x is not None and math.isfinite(x)]
-    return math.exp(sum(finite) / len(finite)) if finite else None
+    return {"value": math.exp(sum(finite) / len(finite)) if finite else None, "num_transcripts": len(finite)}
 
 
 class TrigramLM:
@@ -82,7 +86,10 @@ class TrigramLM:
         self.zero = self.model.prob(["<no-such-word-in-the-model>"])
 
     def score(self, tokens: Sequence[str]) -> dict[str, float | int | None]:
-        """`{"nll": mean NLL per scored word (</s> included), "scored", "oov"}` of one transcript."""
+        """`{"nll": mean NLL per scored word (</s> included), "scored", "oov"}` of one transcript; an empty
+        transcript has no NLL (None), as with a text LM."""
+        if not tokens:
+            return {"nll": None, "scored": 0, "oov": 0}
         seq = ["<s>", *(t.lower() for t in tokens), "</s>"]
         total, scored, oov = 0.0, 0, 0
         for i in range(1, len(seq)):

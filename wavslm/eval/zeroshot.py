@@ -71,9 +71,11 @@ def encode_clips(lm: WavSLM, clips: Sequence[Clip], context: int = 0) -> list[Te
             toks = codec.encode(sig)[0]
         except InputError as error:
             raise InputError(f"cannot score '{clip.name}': {error}") from error
-        if len(toks) <= C * (1 + context):
-            ms = 1000 * (len(toks) - C * context) / codec.frame_rate
-            raise InputError(f"'{clip.name}' is too short to score: {len(toks)} tokens ({ms:.0f} ms); more than {C} are needed")
+        own = len(toks) - C * context  # the clip's own tokens, after the silence
+        if own <= (0 if context else C):
+            ms = 1000 * own / codec.frame_rate
+            need = "at least 1 is" if context else f"more than {C} are"
+            raise InputError(f"'{clip.name}' is too short to score: {own} tokens ({ms:.0f} ms); {need} needed")
         rows.append(toks)
     return rows
 
@@ -243,10 +245,9 @@ def summarize(task: str, pairs: Sequence[Pair], outcomes: Sequence[float]) -> di
         if missing:
             warnings.append(f"{len(subsets)} of SALMon's 8 parts found; missing: {', '.join(missing)}, so the mean "
                             "over parts cannot be set beside published averages")
-    elif task in ("ssc", "tsc"):
+    elif task in ("ssc", "tsc") and len({p.meta.get("subset") for p in pairs}) == 1:
         name = {"ssc": "sSC", "tsc": "tSC"}[task]
         overall, averaging = everything["accuracy"], f"{name}: mean over stories"
-        subsets = by("subset") if len({p.meta.get("subset") for p in pairs}) > 1 else {}
     else:
         subsets = by("subset")
         if len(subsets) == 1:
@@ -254,7 +255,7 @@ def summarize(task: str, pairs: Sequence[Pair], outcomes: Sequence[float]) -> di
         else:
             overall, averaging = None, "StoryCloze: each subset alone (sSC and tSC are never pooled)"
             warnings.append(f"{len(subsets)} StoryCloze subsets found ({', '.join(subsets)}): each is reported "
-                            "alone; use --task ssc or --task tsc on one of them for a headline")
+                            "alone; for a headline give one of them as --data with --task ssc or --task tsc")
     ci95 = None if overall is None else interval(overall, len({p.item for p in pairs}))
     return {"accuracy": overall, "ci95": ci95, "averaging": averaging, "num_items": everything["num_items"],
             "subsets": subsets, "breakdowns": breakdowns, "warnings": warnings}
@@ -334,14 +335,37 @@ parameters:
 """
 
 
-def write_submission(folder: Path, kind: str, split: str, scores: dict[str, float], model: str, reduction: str,
-                     span: str) -> Path:
+def submission_description(model: str, reduction: str, span: str) -> str:
+    """What meta.yaml's `description` says of the scores: the model and how it scored."""
+    return f"wavslm {model}: score = minus the next-chunk NLL ({reduction} over {span})"
+
+
+def check_submission(folder: Path, description: str) -> None:
+    """Refuse to add scores made another way (another model, reduction or scored span) to a submission
+    folder: its meta.yaml describes how the scores already there were made."""
+    import yaml
+
+    meta = Path(folder) / "meta.yaml"
+    if meta.is_file():
+        try:
+            before = (yaml.safe_load(meta.read_text()) or {}).get("description")
+        except (yaml.YAMLError, AttributeError) as error:
+            raise InputError(f"'{meta}' is not a valid meta.yaml ({error})") from error
+        if before != description:
+            raise InputError(f"submission folder '{folder}' holds scores made another way: its meta.yaml says "
+                             f"{before!r}, this run would make {description!r}; one submission is scored one way, "
+                             "so choose another folder")
+
+
+def write_submission(folder: Path, kind: str, split: str, scores: dict[str, float], description: str) -> Path:
     """Write `<folder>/<kind>/<split>.txt` (`<wav stem> <score>` per line, higher = more probable) in the
-    official ZeroSpeech 2021 layout, with `meta.yaml` and the empty phonetic/semantic folders the
-    validator expects when they are missing; other tasks' files already there are kept."""
+    official ZeroSpeech 2021 layout, with `meta.yaml` (its `description` saying how the scores were made)
+    and the empty phonetic/semantic folders the validator expects when they are missing; other tasks'
+    files already there are kept."""
     import yaml
 
     folder = Path(folder)
+    check_submission(folder, description)
     out = folder / kind / f"{split}.txt"
     write_atomic(out, "".join(f"{stem} {score!r}\n" for stem, score in sorted(scores.items())))
     for sub in ("phonetic", "semantic", "lexical", "syntactic"):
@@ -351,7 +375,7 @@ def write_submission(folder: Path, kind: str, split: str, scores: dict[str, floa
         quote = lambda text: yaml.safe_dump(text, default_style='"', width=1_000).strip()  # noqa: E731
         write_atomic(meta, META_YAML.format(
             author=quote("(your name)"), affiliation=quote("(your affiliation)"),
-            description=quote(f"wavslm {model}: score = minus the next-chunk NLL ({reduction} over {span})"),
+            description=quote(description),
             train_set=quote("(the training data)")))
     return out
 
@@ -404,6 +428,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "score_first_chunk", False) and context == 0:
         raise InputError("--score-first-chunk needs --silence of more than 0 seconds")
     span = scored_span(lm, context)
+    description = submission_description(args.model or "bundled", args.reduction, span)
+    if submission is not None:
+        check_submission(submission, description)  # before the scoring, not after
     pairs = dataset.pairs if dataset is not None else []
     clips = [c for p in pairs for c in (p.positive, p.negative)] + wavs
     if not clips:
@@ -414,7 +441,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model or "bundled",
         "data": {"source": str(args.data), "folder": str(dataset.folder if dataset else folder),
                  "layout": dataset.layout if dataset else "ZeroSpeech 2021 wavs (no gold)"},
-        "split": args.split if args.task in ("swuggy", "sblimp") else None,
+        "split": args.split if dataset is None or dataset.layout == "ZeroSpeech 2021 gold.csv" else None,
         "reduction": args.reduction,
         "ties": TIES,
         "scored_span": span,
@@ -423,7 +450,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results.update(tally(pairs, nll, args.task))
     if submission is not None:
         scores = {clip.path.stem: -nll[clip] for clip in wavs}
-        written = write_submission(submission, kind, args.split, scores, results["model"], args.reduction, span)
+        written = write_submission(submission, kind, args.split, scores, description)
         results["submission"] = {"file": str(written), "num_scores": len(scores),
                                  "score": "minus the NLL: higher = more probable"}
     if not args.per_pair:
