@@ -70,3 +70,25 @@ def test_weight_bytes_count_the_packed_int8_weights():
     optimize_for_inference(lm, quantize="int8")
     after = weight_bytes(lm.encoder)
     assert 0.2 * before < after < 0.5 * before, (before, after)  # int8 linears, float norms and biases
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_the_cpu_at_tiny_size(tmp_path):
+    """`bench/gpu_check.py --device cpu --size tiny`: every stage trains, streaming runs, the report says
+    so; then a lent GPU meets a script known to work."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--size", "tiny", "--steps", "4",
+                           "--compile", "off", "--stream-batches", "1", "2", "-o", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["stage"] for r in report["training"]] == ["ssl", "codec decoder", "codec quantizer", "lm"]
+    for row in report["training"]:
+        assert "error" not in row and row["throughput"] > 0 and row["unit"] in ("tokens_per_s", "audio_seconds_per_s")
+    assert [r["batch"] for r in report["streaming"]] == [1, 2] and all(r["stream_rtf"] > 0 for r in report["streaming"])
+    assert report["equality"] is None and "train lm" in done.stdout

@@ -219,7 +219,7 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
         codec = load_codec(args.codec, str(d.device))
         ref = args.codec or str(BUNDLED_CODEC)
         summary = tokenize_manifest(args.input, args.output, codec, rank=d.rank, world_size=d.world,
-                                    codec_ref=ref, merge=not d.active)
+                                    codec_ref=ref, merge=not d.active, workers=args.workers)
         distributed.barrier(d)
         if d.active and d.main:
             merge_parts(args.output, d.world)
@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="manifest (.jsonl)")
     p.add_argument("-o", "--output", type=Path, required=True, help="shards folder")
     p.add_argument("--codec", help="codec folder, .json or Hub id (default: the bundled model)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes reading and resampling the audio ahead of the encoder, per rank (default: 0)")
     return parser
 
 

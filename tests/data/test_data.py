@@ -259,6 +259,22 @@ def test_tokenize_equals_codec_encode(clips, codec, tmp_path):
     assert torch.equal(encode_long(codec, sig[:, :9000], window_seconds=0.08), codec.encode(sig[:, :9000])[0])
 
 
+def test_tokenize_with_reading_workers_writes_the_same_shards(clips, codec, tmp_path):
+    """Audio read and resampled by 2 worker processes ahead of the encoder: the same tokens, order and
+    skips as reading in the loop (an unreadable file among them)."""
+    entries = [*clips[:2], {"path": str(tmp_path / "missing.wav"), "duration": 1.0}, *clips[2:]]
+    runs = {}
+    for workers in (0, 2):
+        summary = tokenize_manifest(entries, tmp_path / f"w{workers}", codec, codec_ref="tiny", progress=False,
+                                    workers=workers)
+        shards = TokenShards(tmp_path / f"w{workers}")
+        runs[workers] = ([shards[i] for i in range(len(shards))], [shards.entry(i)["path"] for i in range(len(shards))],
+                         summary.skipped)
+    assert len(runs[0][0]) == 5 and len(runs[0][2]) == 1 and "missing.wav" in runs[0][2][0][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][0], runs[2][0], strict=True))
+    assert runs[0][1:] == runs[2][1:]
+
+
 def test_tokenize_resumes_without_writing_twice(clips, codec, tmp_path, monkeypatch):
     import wavslm.data.tokenize as tok
 

@@ -109,6 +109,29 @@ def test_iteration2_clusters_the_first_export_s_features(iteration1, config, tmp
     from_hf(run_dir / "export" / "wavlm")
 
 
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process(config, tmp_path):
+    """Under DDP each rank's means over frames take every rank's frame count (the masked frames differ
+    from item to item), so two gloo processes give one process's loss curve, not a mean of the ranks' means."""
+    import os
+    import subprocess
+    import sys
+
+    settings = ["--set", "train.steps=4", "--set", "train.valid_every=100", "--set", "train.save_every=100"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "wavslm.cli", "train", "ssl", "--config", str(config), "-o",
+                          str(tmp_path / "one"), *settings], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "wavslm.cli", "train", "ssl", "--config", str(config), "-o", str(tmp_path / "two"),
+                          *settings], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-8000:]
+    a, b = rows(tmp_path / "one"), rows(tmp_path / "two")
+    assert len(a) == len(b) == 4
+    for key in ("loss", "recon_l1") if "recon_l1" in a[0] else ("loss",):
+        assert max(abs(x[key] - y[key]) for x, y in zip(a, b, strict=True)) < 1e-5, (key, a, b)
+
+
 def test_resume_continues_exactly(config, tmp_path):
     short = ["train.steps=3", "train.save_every=3", "train.valid_every=100"]
     train("ssl", tmp_path / "resumed", config, short)

@@ -89,6 +89,63 @@ def test_two_process_ddp_matches_one_process(shards, tmp_path):
 
 
 @pytest.mark.slow
+def test_fsdp_equals_ddp_and_its_sharded_checkpoint_resumes_at_another_world_size(shards, tmp_path):
+    """`train.parallel: fsdp` under torchrun (2 gloo processes): the DDP run's losses; its sharded checkpoint
+    (torch.distributed.checkpoint) resumed by 2 processes ends with the uninterrupted run's weights, and
+    by one process with its losses (1e-5) and weights (1e-4: one process sums the batch's gradients in
+    another order, and AdamW's step turns rounding-sized gradient differences into lr-sized ones where
+    a gradient is near zero); the export is the released layout."""
+    import shutil
+
+    config = write_config(tmp_path / "c.yaml", lm_settings(shards, steps=6, valid_every=100, save_every=3, lr=1e-3))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "wavslm.cli"]
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    for name, extra in (("ddp", []), ("fsdp", ["--set", "train.parallel=fsdp"])):
+        done = run_cli(*torchrun, "train", "lm", "--config", config, "-o", tmp_path / name, *extra, env=one_thread)
+        assert done.returncode == 0, done.stderr[-8000:]
+    ddp, fsdp = losses(tmp_path / "ddp"), losses(tmp_path / "fsdp")
+    assert len(ddp) == len(fsdp) == 6
+    assert max(abs(a - b) for a, b in zip(ddp, fsdp, strict=True)) < 1e-5, (ddp, fsdp)
+    assert (tmp_path / "fsdp" / "checkpoints" / "last" / "trainer.pt").is_file()
+    assert not (tmp_path / "fsdp" / "checkpoints" / "last.pt").exists()
+
+    done = run_cli(*torchrun, "train", "lm", "--config", config, "-o", tmp_path / "part", "--set", "train.parallel=fsdp",
+                   "--set", "train.steps=3", env=one_thread)
+    assert done.returncode == 0, done.stderr[-8000:]
+    shutil.copytree(tmp_path / "part", tmp_path / "part1")
+    done = run_cli(*torchrun, "train", "lm", "-o", tmp_path / "part", "--resume", "--set", "train.steps=6", env=one_thread)
+    assert done.returncode == 0, done.stderr[-8000:]
+    done = run_cli(sys.executable, "-m", "wavslm.cli", "train", "lm", "-o", tmp_path / "part1", "--resume",
+                   "--set", "train.steps=6", "--set", "train.parallel=ddp", env=one_thread)  # one process, world 1
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert losses(tmp_path / "part") == pytest.approx(fsdp, abs=1e-6)
+    assert losses(tmp_path / "part1") == pytest.approx(fsdp, abs=1e-5)
+    same, one = (load_file(tmp_path / p / "export" / "lm" / "model.safetensors") for p in ("part", "part1"))
+    b = load_file(tmp_path / "fsdp" / "export" / "lm" / "model.safetensors")
+    c = load_file(tmp_path / "ddp" / "export" / "lm" / "model.safetensors")
+    assert same.keys() == one.keys() == b.keys() == c.keys()
+    assert max((same[k] - b[k]).abs().max().item() for k in b) < 1e-6
+    assert max((one[k] - b[k]).abs().max().item() for k in b) < 1e-4
+    assert max((b[k] - c[k]).abs().max().item() for k in b) < 1e-4
+    WavSLM.from_pretrained(tmp_path / "fsdp" / "export" / "lm")
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_as_the_eager_ones(shards, tmp_path):
+    """`train.compile: true` compiles the LM in place: the same loss curve (float tolerance) and an export
+    with the same weight names, loadable by the released layout's loader."""
+    config = write_config(tmp_path / "c.yaml", lm_settings(shards, steps=4, valid_every=100, save_every=4, lr=1e-3))
+    train("lm", tmp_path / "eager", config)
+    train("lm", tmp_path / "compiled", config, ["train.compile=true"])
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert max(abs(a - b) for a, b in zip(eager, compiled, strict=True)) < 1e-4, (eager, compiled)
+    a = load_file(tmp_path / "eager" / "export" / "lm" / "model.safetensors")
+    b = load_file(tmp_path / "compiled" / "export" / "lm" / "model.safetensors")
+    assert a.keys() == b.keys()
+    WavSLM.from_pretrained(tmp_path / "compiled" / "export" / "lm")
+
+
+@pytest.mark.slow
 def test_two_nodes_by_c10d_rendezvous_match_one_process(shards, tmp_path):
     import socket
 

@@ -101,6 +101,7 @@ def tokenize_manifest(
     progress: bool = True,
     codec_ref: str | None = None,
     merge: bool = True,
+    workers: int = 0,
 ) -> TokenizeSummary:
     """Encode this rank's share of `manifest` into `output_dir/part-{rank:03d}/`, resuming if it exists.
 
@@ -113,6 +114,8 @@ def tokenize_manifest(
         progress: a tqdm bar on a terminal.
         codec_ref: how to name the codec in meta.json (defaults to `codec` when that is a reference).
         merge: as rank 0, merge the parts when all are complete (see `merge_parts`).
+        workers: DataLoader worker processes that read and resample the audio ahead of the encoder (0: in
+            this process); the shards are the same, in the same order, whatever the number.
 
     Unreadable files and files shorter than one codec chunk are skipped, each with its reason.
     """
@@ -135,13 +138,13 @@ def tokenize_manifest(
             (part / DONE).unlink(missing_ok=True)  # this part is incomplete until the end of this call
             bar = tqdm(total=len(items), initial=len(done), desc=f"tokenize [{rank}]", unit="utt",
                        disable=None if progress else True, delay=1.0, leave=False)
+            todo = [item for item in items if item not in done]
             with bar:
-                for item in items:
-                    if item in done:
-                        continue
+                for item, sig, error in _read_ahead(entries, todo, codec.sample_rate_input, workers):
                     path = entries[item]["path"]
                     try:
-                        sig, _ = load_audio(path, codec.sample_rate_input, mono=True)
+                        if error is not None:
+                            raise InputError(error)
                         toks = encode_long(codec, sig, batch_seconds)
                     except InputError as err:
                         summary.skipped.append((path, str(err)))
@@ -160,6 +163,35 @@ def tokenize_manifest(
             merge_parts(output_dir, world_size)
             summary.merged = Path(output_dir)
     return summary
+
+
+class _Audio(torch.utils.data.Dataset):
+    """Item `k` of `todo`: `(manifest item, sig (1, N) at `rate` or None, the reason it could not be read)`."""
+
+    def __init__(self, entries: list[dict], todo: list[int], rate: int):
+        self.entries, self.todo, self.rate = entries, todo, rate
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, k: int) -> tuple[int, Tensor | None, str | None]:
+        item = self.todo[k]
+        try:
+            return item, load_audio(self.entries[item]["path"], self.rate, mono=True)[0], None
+        except InputError as err:  # reported by the main process, in order, like any other skip
+            return item, None, str(err)
+
+
+def _read_ahead(entries: list[dict], todo: list[int], rate: int, workers: int):
+    """The audio of `todo`, in order, read by `workers` processes ahead of the caller (or by it)."""
+    if workers < 0:
+        raise InputError(f"workers must be 0 or more, got {workers}")
+    dataset = _Audio(entries, todo, rate)
+    if workers == 0 or not todo:
+        yield from (dataset[k] for k in range(len(dataset)))
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2)
+    yield from loader
 
 
 def _check_split(part: Path, rank: int, world_size: int) -> None:

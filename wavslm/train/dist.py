@@ -57,6 +57,21 @@ def mean(d: Dist, values: dict[str, float]) -> dict[str, float]:
     return {k: v / d.world for k, v in zip(keys, t.tolist(), strict=True)}
 
 
+def global_count(count: torch.Tensor) -> torch.Tensor:
+    """The denominator that makes a rank's mean over its frames, once DDP has averaged the gradients (or a
+    log the losses) over the ranks, the mean over every rank's frames: `count` summed over the ranks of the
+    running process group, divided by the world size (at least 1 / world size; a term with no frame
+    anywhere has a zero sum). Without a group, `count` itself (at least 1). One small all-reduce; every
+    rank must call it the same number of times."""
+    count = count.detach().float()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        count = count.clone()
+        dist.all_reduce(count)
+        return (count / world).clamp_min(1 / world)
+    return count.clamp_min(1)
+
+
 def all_true(d: Dist, flag: bool) -> bool:
     """True when `flag` holds on every rank (so that all ranks go on, or all stop, together)."""
     ok = torch.tensor([int(flag)], dtype=torch.int32, device=d.device)

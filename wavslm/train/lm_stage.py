@@ -73,6 +73,7 @@ class LMStage:
     """Trains a WavSLM on token shards; exports the released layout beside a copy of its codec."""
 
     throughput = ("tokens_per_s", 1.0)  # what a batch's `length` counts, logged per second of training
+    shardable = True  # train.parallel: fsdp shards its transformer layers
 
     def __init__(self, cfg: LMStageConfig, device: torch.device):
         from ..data.shards import TokenCrops, TokenShards, collate_tokens
@@ -126,7 +127,7 @@ class LMStage:
             qfeats = self.codec.dequantize(toks)
         logits, _ = self.nets["lm"](qfeats, use_cache=False)
         loss, acc = masked_next_chunk_loss(logits, toks, length, self.raw["lm"].toks_per_step)
-        return loss, {"loss": loss.item(), "accuracy": acc.item()}
+        return loss, {"loss": loss.detach(), "accuracy": acc.detach()}
 
     def train_step(self, batch: dict[str, Tensor]) -> Iterator[tuple[str, Tensor, dict[str, float]]]:
         loss, metrics = self._loss(batch)

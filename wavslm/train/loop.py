@@ -10,6 +10,7 @@ step's global batch: with `train.num_workers` > 0, items are read, cropped and c
 processes ahead of the step, and the batches are the same ones, in the same order.
 """
 
+import copy
 import logging
 import math
 import time
@@ -25,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..io import remove_temporaries, write_atomic
-from . import checkpoint
+from ..io import write_atomic
+from . import checkpoint, sharded
 from .dist import Dist, all_finite, barrier, mean
 from .schedule import LRSchedule
 
@@ -58,6 +59,8 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes reading and collating micro-batches (0: in the loop)
     prefetch_factor: int = 2  # micro-batches each worker keeps ready
     export: str = "last"  # last | best (the weights of the best validation loss, when there was validation)
+    compile: bool = False  # torch.compile the stage's networks in place (their weights' names do not change)
+    parallel: str = "ddp"  # under torchrun: ddp, or fsdp (FSDP2 per transformer layer; the ssl and lm stages)
 
     def __post_init__(self) -> None:
         """Values no run can use are one sentence here, not a traceback (or a silent no-op) later."""
@@ -72,6 +75,8 @@ class TrainConfig:
         for name in ("weight_decay", "clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise InputError(f"train: '{name}' must be a finite number of at least 0, got {getattr(self, name)}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise InputError(f"train: 'parallel' must be ddp or fsdp, got {self.parallel!r}")
         if self.prefetch_factor < 1:
             raise InputError(f"train: 'prefetch_factor' must be at least 1, got {self.prefetch_factor}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -86,6 +91,8 @@ class Stage(Protocol):
     second of training over every rank (tokens/s for the LM, audio seconds/s for the others).
     `train_step` yields `(optimizer name, loss, metrics)` one or more times per micro-batch; each loss
     is backpropagated as it is yielded, so a stage can alternate (e.g. discriminator then generator).
+    Metrics are detached 0-dim tensors, left on the device: the loop sums them and reduces them once per
+    log interval, so a step never waits on the host for them.
     """
 
     nets: dict[str, nn.Module]
@@ -95,8 +102,8 @@ class Stage(Protocol):
     def param_groups(self) -> dict[str, list[nn.Parameter]]: ...
     def datasets(self) -> tuple[Any, Any | None]: ...
     def collate(self, items: list[Any]) -> dict[str, Tensor]: ...
-    def train_step(self, batch: dict[str, Tensor]) -> Iterator[tuple[str, Tensor, dict[str, float]]]: ...
-    def valid_step(self, batch: dict[str, Tensor]) -> dict[str, float]: ...
+    def train_step(self, batch: dict[str, Tensor]) -> Iterator[tuple[str, Tensor, dict[str, Tensor]]]: ...
+    def valid_step(self, batch: dict[str, Tensor]) -> dict[str, float | Tensor]: ...
     def export(self, folder: Path) -> None: ...
 
 
@@ -179,7 +186,20 @@ class Trainer:
         self.resuming, self.on_start = resume, on_start
         self.ckpt_dir = self.run_dir / "checkpoints"
         stage.raw = dict(stage.nets)
-        if dist.active:
+        self.sharded = dist.active and cfg.parallel == "fsdp"
+        if cfg.parallel == "fsdp" and not getattr(stage, "shardable", False):
+            raise InputError(f"train.parallel: fsdp shards the transformer stages (ssl, lm); the {name} stage trains "
+                             "with ddp")
+        self._templates: dict[str, nn.Module] = {}
+        if self.sharded:
+            if dist.main:  # plain copies for the export, which writes whole weights in the released layout
+                self._templates = {k: copy.deepcopy(m).cpu() for k, m in stage.raw.items()}
+            for net in stage.raw.values():
+                sharded.shard(net, cfg.precision)
+        if cfg.compile:
+            for net in stage.raw.values():
+                net.compile()  # in place: the same module, state dict and checkpoints, a compiled forward
+        if dist.active and not self.sharded:
             stage.nets = {k: DistributedDataParallel(m) for k, m in stage.nets.items()}
         self.optimizers = {
             group: torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
@@ -192,6 +212,8 @@ class Trainer:
         self.writer = None
         self._batches: Iterator[dict[str, Tensor]] | None = None  # made at the first step (after any resume)
         self._amount = 0  # this rank's batch lengths since the last train log
+        self._sums: dict[str, Tensor] = {}  # this rank's metrics since the last train log, on the device
+        self._steps = 0  # steps since the last train log
         self._resumed_at: int | None = None  # the first step a resumed run makes again
         self._start = time.perf_counter()
 
@@ -208,6 +230,9 @@ class Trainer:
         }
 
     def save(self, filename: str = "last.pt") -> None:
+        if self.sharded:
+            self._save_sharded(self.ckpt_dir / filename.removesuffix(".pt"))
+            return
         payload = self._payload()
         if self.dist.active:
             states = [None] * self.dist.world
@@ -219,19 +244,45 @@ class Trainer:
             checkpoint.save(self.ckpt_dir / filename, payload)
         barrier(self.dist)
 
+    def _rng_states(self) -> list[Any]:
+        """Every rank's RNG state, in rank order (collective)."""
+        state = checkpoint.rng_state()
+        if not self.dist.active:
+            return [state]
+        states = [None] * self.dist.world
+        torch.distributed.all_gather_object(states, state)
+        return states
+
+    def _save_sharded(self, folder: Path) -> None:
+        trainer = {"step": self.step, "best": self.best, "schedule": self.schedule.state_dict(),
+                   "rng": self._rng_states()}
+        sharded.save(folder, self.stage.raw, self.optimizers, trainer, self.dist)
+
+    def _checkpoints(self) -> list[Path]:
+        """The checkpoints of the run folder, newest first: files (`last.pt`, `best.pt`) and sharded folders."""
+        found = [p for p in (self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt") if p.is_file()]
+        found += [p for p in (self.ckpt_dir / "last", self.ckpt_dir / "best") if sharded.is_checkpoint(p)]
+        stamp = lambda p: (p / sharded.TRAINER if p.is_dir() else p).stat().st_mtime  # noqa: E731
+        return sorted(found, key=stamp, reverse=True)
+
     def resume(self) -> bool:
         """Load the newest intact checkpoint if resuming (an `InputError` if there is none); False if not."""
         if self.dist.main and self.ckpt_dir.is_dir():
-            remove_temporaries(self.ckpt_dir)
+            sharded.clean(self.ckpt_dir)
         barrier(self.dist)
         if not self.resuming:
             return False
-        found = sorted((p for p in (self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt") if p.is_file()),
-                       key=lambda p: p.stat().st_mtime, reverse=True)
+        found = self._checkpoints()
         if not found:
             raise InputError(f"cannot resume: '{self.ckpt_dir}' holds no checkpoint (last.pt or best.pt)")
         damaged = []
         for path in found:
+            if path.is_dir():  # sharded: read by every rank, at whatever world size this run has
+                self._load_sharded(path)
+                return True
+            if self.sharded:
+                raise InputError(f"cannot resume '{path}' with train.parallel: fsdp: it was written by a ddp run; "
+                                 "resume it with ddp (the sharded folders of an fsdp run resume either way)")
             try:
                 payload = checkpoint.load(path)
                 if not isinstance(payload, dict) or "nets" not in payload:
@@ -245,6 +296,17 @@ class Trainer:
                             damaged[0].split(":")[0])
             return True
         raise InputError(f"cannot resume: every checkpoint in '{self.ckpt_dir}' is damaged ({'; '.join(damaged)})")
+
+    def _load_sharded(self, folder: Path) -> None:
+        try:
+            trainer = sharded.load(folder, self.stage.raw, self.optimizers)
+        except (KeyError, RuntimeError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"cannot resume from '{folder}': it does not fit the run's settings ({first})") from error
+        self.schedule.load_state_dict(trainer["schedule"])
+        self.step, self.best = trainer["step"], trainer["best"]
+        rng = trainer["rng"]
+        checkpoint.set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world else rng[0])
 
     def _load(self, payload: dict[str, Any], path: Path) -> None:
         try:
@@ -299,7 +361,9 @@ class Trainer:
             return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> None:
+        """One optimizer step. Its metrics stay tensors on the device, added to the interval's sums
+        (`log_metrics` reduces them over ranks once per log); the only host sync is the finiteness check."""
         if self._batches is None:
             self._batches = self._loader()
         if hasattr(self.train_set, "set_epoch"):
@@ -309,7 +373,7 @@ class Trainer:
             net.train()
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        totals: dict[str, Tensor] = {}
         losses: list[tuple[str, Tensor]] = []  # checked once, before the optimizers step: one sync per step
         micro = range(self.cfg.grad_accum)
         for i in micro:
@@ -317,7 +381,11 @@ class Trainer:
             self._amount += int(batch["length"].sum())  # on the CPU, before the batch moves: no sync
             batch = self._to_device(batch)
             with ExitStack() as stack:
-                if self.dist.active and i < len(micro) - 1:  # sync gradients on the last micro-batch only
+                last = i == len(micro) - 1  # gradients are reduced over the ranks on the last micro-batch only
+                if self.sharded:
+                    for net in self.stage.nets.values():
+                        net.set_requires_gradient_sync(last)
+                elif self.dist.active and not last:
                     for net in self.stage.nets.values():
                         stack.enter_context(net.no_sync())
                 steps = self.stage.train_step(batch)
@@ -330,7 +398,7 @@ class Trainer:
                     losses.append((group, loss.detach()))
                     (loss / len(micro)).backward()
                     for k, v in metrics.items():
-                        totals[k] = totals.get(k, 0.0) + v / len(micro)
+                        totals[k] = totals.get(k, 0.0) + torch.as_tensor(v, device=self.dist.device).detach().float() / len(micro)
         if not all_finite(self.dist, torch.stack([loss.float() for _, loss in losses])):
             bad = next((f"the {g} loss became {v.item()}" for g, v in losses if not torch.isfinite(v).all()),
                        "a loss became NaN or infinite on another rank")
@@ -340,13 +408,30 @@ class Trainer:
         for group, opt in self.optimizers.items():
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
             if self.cfg.clip > 0 and params:
-                totals[f"grad_norm_{group}"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.clip))
+                norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip)
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under fsdp
+                totals[f"grad_norm_{group}"] = norm.detach().float()
             for g in opt.param_groups:
                 g["lr"] = self.cfg.lr * factor
             opt.step()
-        totals["lr"] = self.cfg.lr * factor
+        for k, v in totals.items():
+            self._sums[k] = self._sums[k] + v if k in self._sums else v
+        self._steps += 1
         self.step += 1
-        return mean(self.dist, totals)
+
+    def log_metrics(self) -> dict[str, float]:
+        """The mean of each train metric over the steps since the last call and over ranks (one all-reduce
+        and one host sync), with the learning rate; the sums restart."""
+        keys = sorted(self._sums)
+        values: list[float] = []
+        if keys:
+            stacked = torch.stack([self._sums[k] for k in keys]).double() / max(self._steps, 1)
+            if self.dist.active:
+                torch.distributed.all_reduce(stacked)
+                stacked /= self.dist.world
+            values = stacked.tolist()
+        self._sums, self._steps = {}, 0
+        return {**dict(zip(keys, values, strict=True)), "lr": self.cfg.lr * self.schedule.factor(self.step - 1)}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -364,7 +449,7 @@ class Trainer:
             with self._autocast():
                 metrics = self.stage.valid_step(self._to_device(self.stage.collate([self.valid_set[j] for j in indices])))
             for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v
+                totals[k] = totals.get(k, 0.0) + float(v)  # validation is rare: a sync per batch is fine
             n += 1
         return mean(self.dist, {k: v / max(n, 1) for k, v in totals.items()})
 
@@ -407,9 +492,10 @@ class Trainer:
         last: dict[str, float] = {}
         start = since = self._start = time.perf_counter()
         while self.step < self.cfg.steps:
-            last = self.train_step()
+            self.train_step()
             bar.update(1)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                last = self.log_metrics()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if not k.startswith("grad")})
                 self._log("train", {**last, **self._throughput(since)})
                 since = time.perf_counter()
@@ -427,7 +513,9 @@ class Trainer:
         self._batches = None  # lets the loader's workers go
         if self.writer is not None:
             self.writer.close()
-        if self.dist.main:
+        if self.sharded:
+            self._export_sharded()
+        elif self.dist.main:
             best = self.ckpt_dir / "best.pt"
             if self.cfg.export == "best" and best.is_file():
                 nets = checkpoint.load(best)["nets"]
@@ -435,6 +523,26 @@ class Trainer:
                     m.load_state_dict(nets[k])
                 log.info("%s: exporting the best validation loss (%.4g)", self.name, self.best)
             self.stage.export(self.run_dir / "export")
+        if self.dist.main:
             log.info("%s: %d steps in %.1f s", self.name, self.step, time.perf_counter() - start)
         barrier(self.dist)
         return last
+
+    def _export_sharded(self) -> None:
+        """Gather the whole weights (every rank takes part), put them into plain copies of the networks on
+        the main rank and export those: the released layout, as from any other run."""
+        best = self.ckpt_dir / "best"
+        if self.cfg.export == "best" and sharded.is_checkpoint(best):
+            sharded.load(best, self.stage.raw, self.optimizers)
+            if self.dist.main:
+                log.info("%s: exporting the best validation loss (%.4g)", self.name, self.best)
+        weights = sharded.full_weights(self.stage.raw)
+        if self.dist.main:
+            trained = self.stage.raw
+            for k, m in self._templates.items():
+                m.load_state_dict(weights[k])
+            self.stage.raw = dict(self._templates)
+            try:
+                self.stage.export(self.run_dir / "export")
+            finally:
+                self.stage.raw = trained

@@ -7,6 +7,8 @@ clusters MFCCs (`features.mfcc`); iteration 2 clusters an intermediate layer of 
 (`features_for_kmeans`). Labels come from `features.kmeans_assign` and are aligned one per WavLM frame.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,6 +16,14 @@ from torch import Tensor, nn
 from ..wavlm import WavLM, num_frames
 
 IGNORE = -100  # label of frames without a target (padding); never counted in the loss
+
+# The denominator of a mean over frames, given this batch's frame count: by default the count itself (at
+# least 1); under DDP `dist.global_count`, so that the ranks' losses, averaged, are the whole batch's mean.
+Count = Callable[[Tensor], Tensor] | None
+
+
+def _clamped(count: Tensor) -> Tensor:
+    return count.clamp_min(1)
 
 
 def span_mask(
@@ -97,25 +107,29 @@ class ReconstructionHead(nn.Module):
         self.layer, self.weight = layer, weight
         self.proj = nn.Linear(dim, n_mels)
 
-    def loss(self, hidden: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-        """Mean absolute error over the `valid (B, T)` frames of `hidden (B, T, dim)` vs `target (B, T, n_mels)`."""
+    def loss(self, hidden: Tensor, target: Tensor, valid: Tensor, count: Count = None) -> Tensor:
+        """Mean absolute error over the `valid (B, T)` frames of `hidden (B, T, dim)` vs `target (B, T, n_mels)`
+        (`count`: see `masked_prediction_loss`)."""
         err = (self.proj(hidden).float() - target.float()).abs().mean(-1)
-        return (err * valid).sum() / valid.sum().clamp_min(1)
+        return (err * valid).sum() / (count or _clamped)(valid.sum())
 
 
-def masked_prediction_loss(logits: Tensor, labels: Tensor, mask: Tensor, unmasked_weight: float = 0.0) -> Tensor:
+def masked_prediction_loss(logits: Tensor, labels: Tensor, mask: Tensor, unmasked_weight: float = 0.0,
+                           count: Count = None) -> Tensor:
     """Mean cross-entropy over masked frames, plus `unmasked_weight` times the mean over unmasked ones.
 
     `logits (B, T, K)`, `labels (B, T)` int (frames labelled `IGNORE` = -100 count nowhere), `mask (B, T)`.
-    A term with no frames contributes zero (and a zero gradient).
+    A term with no frames contributes zero (and a zero gradient). `count` turns a frame count into the
+    mean's denominator (default: the count, at least 1).
     """
     ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
     ce = ce.view_as(labels)
     has_label = labels != IGNORE
     masked, unmasked = mask & has_label, ~mask & has_label
-    loss = (ce * masked).sum() / masked.sum().clamp_min(1)
+    count = count or _clamped
+    loss = (ce * masked).sum() / count(masked.sum())
     if unmasked_weight:
-        loss = loss + unmasked_weight * (ce * unmasked).sum() / unmasked.sum().clamp_min(1)
+        loss = loss + unmasked_weight * (ce * unmasked).sum() / count(unmasked.sum())
     return loss
 
 
@@ -140,6 +154,7 @@ def ssl_forward(
     mask: Tensor | None = None,
     recon: ReconstructionHead | None = None,
     recon_target: Tensor | None = None,
+    count: Count = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One masked-prediction pass: `sig (B, N)` at 16 kHz, `labels (B, T)` cluster ids per WavLM frame.
 
@@ -182,13 +197,13 @@ def ssl_forward(
     hidden: list[Tensor] = []
     out, _ = wavlm.encoder(x, use_cache=False, hidden=hidden if layer is not None or recon is not None else None)
     logits = head(out if layer is None else hidden[layer])
-    loss = masked_prediction_loss(logits, labels, mask, unmasked_weight)
+    loss = masked_prediction_loss(logits, labels, mask, unmasked_weight, count)
     extra = {}
     if recon is not None:
         if recon_target is None or recon_target.shape[:2] != (B, T):
             raise ValueError(f"recon_target must be (B={B}, T={T}, n_mels), got "
                              f"{None if recon_target is None else tuple(recon_target.shape)}")
-        recon_l1 = recon.loss(hidden[recon.layer], recon_target.to(x.device), labels != IGNORE)
+        recon_l1 = recon.loss(hidden[recon.layer], recon_target.to(x.device), labels != IGNORE, count)
         loss = loss + recon.weight * recon_l1
         extra["recon_l1"] = recon_l1.detach()
     with torch.no_grad():
@@ -235,10 +250,11 @@ class SSLModel(nn.Module):
         lengths: Tensor | None = None,
         mask: Tensor | None = None,
         recon_target: Tensor | None = None,
+        count: Count = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """`ssl_forward` with this model's options: `(loss, metrics)`."""
         return ssl_forward(self.wavlm, self.head, sig, labels, mask_generator, lengths, **self.options, mask=mask,
-                           recon=self.recon, recon_target=recon_target)
+                           recon=self.recon, recon_target=recon_target, count=count)
 
 
 @torch.no_grad()

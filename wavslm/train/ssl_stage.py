@@ -32,6 +32,7 @@ from ..data.segments import AudioSegments, collate_segments, stable_randint
 from ..errors import InputError
 from ..io import write_atomic, write_json
 from ..wavlm import WavLM, WavLMConfig, from_hf, num_frames, save_hf, wavlm_ref
+from .dist import global_count
 from .features import SAMPLE_RATE, kmeans_assign, kmeans_fit, log_mel, mfcc
 from .loop import TrainConfig
 from .ssl_parts import MaskedPredictionHead, ReconstructionHead, SSLModel, features_for_kmeans, span_mask
@@ -127,6 +128,7 @@ class SSLStage:
     """HuBERT-style pre-training of a bidirectional WavLM (see the module notes); the loop drives it."""
 
     throughput = ("audio_seconds_per_s", 1 / SAMPLE_RATE)  # what a batch's `length` counts, per second
+    shardable = True  # train.parallel: fsdp shards its transformer layers
 
     def __init__(self, cfg: SSLStageConfig, device: torch.device):
         self.cfg, self.device = cfg, torch.device(device)
@@ -242,7 +244,10 @@ class SSLStage:
 
     # ---- steps ------------------------------------------------------------------------------------
 
-    def _loss(self, net: nn.Module, batch: dict[str, Tensor], epoch: int) -> tuple[Tensor, dict[str, float]]:
+    def _loss(self, net: nn.Module, batch: dict[str, Tensor], epoch: int, train: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of `batch` and its metrics. In training its means over frames are over every rank's
+        frames (`global_count`), so that the loss under DDP equals one process on the whole batch;
+        validation keeps each rank's own means (ranks may validate different numbers of batches)."""
         sig, length = batch["sig"], batch["length"]
         labels = kmeans_assign(self._target_feats(sig, length), self.raw["ssl"].centroids)
         mask = item_masks(batch["index"], num_frames(length.cpu()), labels.shape[1], (self.cfg.train.seed, epoch),
@@ -251,11 +256,12 @@ class SSLStage:
         if self.cfg.reconstruction.weight:
             with torch.no_grad(), torch.autocast(sig.device.type, enabled=False):
                 target = log_mel(sig.float(), self.cfg.reconstruction.n_mels, lengths=length)
-        loss, metrics = net(sig, labels, lengths=length, mask=mask, recon_target=target)
-        return loss, {k: v.item() for k, v in metrics.items()}
+        loss, metrics = net(sig, labels, lengths=length, mask=mask, recon_target=target,
+                            count=global_count if train else None)
+        return loss, {k: v.detach() for k, v in metrics.items()}
 
     def train_step(self, batch: dict[str, Tensor]) -> Iterator[tuple[str, Tensor, dict[str, float]]]:
-        loss, metrics = self._loss(self.nets["ssl"], batch, self._train.epoch)  # the loop has set the epoch
+        loss, metrics = self._loss(self.nets["ssl"], batch, self._train.epoch, train=True)  # the loop set the epoch
         yield "main", loss, metrics
 
     def valid_step(self, batch: dict[str, Tensor]) -> dict[str, float]:

@@ -157,7 +157,7 @@ class DecoderSubstage(CodecStage):
         else:
             # Both optimizers step after the batch, so D and G see the same discriminator weights.
             disc_loss, real_feats = discriminator_step(self.nets["discriminator"], real, fake)
-            yield "disc", disc_loss, {"disc_loss": disc_loss.item()}
+            yield "disc", disc_loss, {"disc_loss": disc_loss.detach()}
             terms = generator_losses(self.raw["discriminator"], fake, real, real_feats, self.out_rate, self._mel())
             loss = w.mel * terms["mel"] + w.adv * terms["adv"] + w.fm * terms["fm"]
         if w.stft:
@@ -165,7 +165,7 @@ class DecoderSubstage(CodecStage):
             loss = loss + w.stft * terms["stft"]
         if pitch:
             loss = loss + w.f0 * pitch["f0"] + w.voicing * pitch["voicing"]
-        yield "gen", loss, {"loss": loss.item(), **{k: v.item() for k, v in {**terms, **pitch}.items()}}
+        yield "gen", loss, {"loss": loss.detach(), **{k: v.detach() for k, v in {**terms, **pitch}.items()}}
 
     def valid_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
         feats, real = self._decoder_pair(batch)

@@ -37,7 +37,7 @@ class PosembSubstage(FeatureSubstage):
             target, _ = teacher.encoder.positional_embedding(x)
         pred, _ = self.nets["posemb"](x)
         loss = feature_mse(pred, target, frame_mask(num_frames(batch["length"], teacher.config), x.shape[1]))
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
 
 class LayerStudent(nn.Module):
@@ -78,4 +78,4 @@ class EncoderSubstage(FeatureSubstage):
         preds = [fit_length(p, size) for p in self.nets["encoder"](sig)]
         mask = frame_mask(num_frames(batch["length"], teacher.config), size)
         loss = layerwise_feature_mse(preds, targets, self.cfg.loss.layer_weights, mask)
-        return loss, {"loss": loss.item(), "last_layer_mse": feature_mse(preds[-1], targets[-1], mask).item()}
+        return loss, {"loss": loss.detach(), "last_layer_mse": feature_mse(preds[-1], targets[-1], mask).detach()}

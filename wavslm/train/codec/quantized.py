@@ -84,12 +84,12 @@ class QuantizedSubstage(FeatureSubstage):
         mse = feature_mse(fit_length(qfeats, target.shape[1]), target, frame_mask(frames, target.shape[1]))
         entropy = bsq_entropy_loss(lats, w.inv_temperature, w.diversity_gamma)  # all frames, as the recipe
         loss = mse + w.entropy * entropy
-        metrics = {"mse": mse.item(), "entropy": entropy.item()}
+        metrics = {"mse": mse.detach(), "entropy": entropy.detach()}
         if "pitch_probe" in self.nets:
             pitch = self._probe_loss(qfeats, batch["f0"], batch["voiced"])
             loss = loss + w.pitch * (pitch["f0"] + pitch["voicing"])
-            metrics.update({f"probe_{k}": v.item() for k, v in pitch.items()})
-        return loss, {"loss": loss.item(), **metrics}
+            metrics.update({f"probe_{k}": v.detach() for k, v in pitch.items()})
+        return loss, {"loss": loss.detach(), **metrics}
 
     # ---- the pitch probe -----------------------------------------------------------------------------
 
