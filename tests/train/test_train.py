@@ -71,6 +71,23 @@ def test_lm_stage_overfits_real_speech_and_exports(shards, tmp_path):
     assert (tmp_path / "run" / "tensorboard").is_dir() and (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
 
 
+def test_model_flops_utilisation_is_logged_from_a_counted_step(shards, tmp_path):
+    """With a device peak (`train.peak_tflops`; on CUDA a known GPU's own), each train row has `mfu`: one
+    step's FLOPs, counted once by PyTorch's FLOP counter, times the steps per second, over the peak. The
+    crops have one length, so FLOPs per token are constant: about 6 x the LM's parameters and more."""
+    config = write_config(tmp_path / "c.yaml", lm_settings(shards, steps=6, valid_every=100, save_every=100, log_every=2))
+    train("lm", tmp_path / "run", config, ["train.peak_tflops=0.001", "data.random_crop=false"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["split"] == "train"]
+    assert len(rows) == 3 and all(r["mfu"] > 0 for r in rows)
+    per_token = [r["mfu"] * 1e9 / r["tokens_per_s"] for r in rows]  # FLOPs per token (peak 1e9 FLOP/s)
+    params = sum(v.numel() for v in load_file(tmp_path / "run" / "export" / "lm" / "model.safetensors").values())
+    assert max(per_token) == pytest.approx(min(per_token), rel=1e-6)
+    assert 6 * params < per_token[0] < 100 * params, (per_token[0], params)
+    train("lm", tmp_path / "plain", config, ["data.random_crop=false"])  # on the CPU without a peak: no mfu
+    assert all("mfu" not in json.loads(line) for line in (tmp_path / "plain" / "log.jsonl").read_text().splitlines())
+
+
 def run_cli(*args, env=None, **kwargs):
     return subprocess.run([*args], capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from ..errors import InputError
@@ -61,6 +62,7 @@ class TrainConfig:
     export: str = "last"  # last | best (the weights of the best validation loss, when there was validation)
     compile: bool = False  # torch.compile the stage's networks in place (their weights' names do not change)
     parallel: str = "ddp"  # under torchrun: ddp, or fsdp (FSDP2 per transformer layer; the ssl and lm stages)
+    peak_tflops: float = 0.0  # one device's peak for the log's `mfu` (0: a known GPU's bf16 dense peak; none on CPU)
 
     def __post_init__(self) -> None:
         """Values no run can use are one sentence here, not a traceback (or a silent no-op) later."""
@@ -105,6 +107,22 @@ class Stage(Protocol):
     def train_step(self, batch: dict[str, Tensor]) -> Iterator[tuple[str, Tensor, dict[str, Tensor]]]: ...
     def valid_step(self, batch: dict[str, Tensor]) -> dict[str, float | Tensor]: ...
     def export(self, folder: Path) -> None: ...
+
+
+# Dense bf16 peaks (TFLOP/s) of the GPUs people train on, by a part of `torch.cuda.get_device_name()`.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+                    "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0}
+
+
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
+    """One device's peak FLOP/s for model FLOPs utilisation: `train.peak_tflops`, else a known GPU's bf16
+    dense peak when training in bf16; None when unknown (no `mfu` in the log)."""
+    if cfg.peak_tflops > 0:
+        return cfg.peak_tflops * 1e12
+    if device.type != "cuda" or cfg.precision != "bf16":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for part, tf in PEAK_BF16_TFLOPS.items() if part in name), None)
 
 
 class TrainingError(RuntimeError):
@@ -214,6 +232,9 @@ class Trainer:
         self._amount = 0  # this rank's batch lengths since the last train log
         self._sums: dict[str, Tensor] = {}  # this rank's metrics since the last train log, on the device
         self._steps = 0  # steps since the last train log
+        # Model FLOPs utilisation: one step's FLOPs on this rank, counted once (eager only), over the peak.
+        self._peak = peak_flops(cfg, dist.device)
+        self._step_flops: float | None = None
         self._resumed_at: int | None = None  # the first step a resumed run makes again
         self._start = time.perf_counter()
 
@@ -376,6 +397,16 @@ class Trainer:
         totals: dict[str, Tensor] = {}
         losses: list[tuple[str, Tensor]] = []  # checked once, before the optimizers step: one sync per step
         micro = range(self.cfg.grad_accum)
+        counting = self._peak is not None and self._step_flops is None and not self.cfg.compile
+        counter = FlopCounterMode(display=False) if counting else nullcontext()
+        with counter:
+            self._micro_steps(micro, totals, losses)
+        if counting:
+            self._step_flops = float(counter.get_total_flops())
+        self._finish_step(totals, losses)
+
+    def _micro_steps(self, micro: range, totals: dict[str, Tensor], losses: list[tuple[str, Tensor]]) -> None:
+        """Forward and backward of the step's micro-batches, gradients reduced over the ranks on the last."""
         for i in micro:
             batch = next(self._batches)
             self._amount += int(batch["length"].sum())  # on the CPU, before the batch moves: no sync
@@ -399,6 +430,8 @@ class Trainer:
                     (loss / len(micro)).backward()
                     for k, v in metrics.items():
                         totals[k] = totals.get(k, 0.0) + torch.as_tensor(v, device=self.dist.device).detach().float() / len(micro)
+    def _finish_step(self, totals: dict[str, Tensor], losses: list[tuple[str, Tensor]]) -> None:
+        """Check the losses, clip, step the optimizers and add the step's metrics to the interval's sums."""
         if not all_finite(self.dist, torch.stack([loss.float() for _, loss in losses])):
             bad = next((f"the {g} loss became {v.item()}" for g, v in losses if not torch.isfinite(v).all()),
                        "a loss became NaN or infinite on another rank")
@@ -455,11 +488,16 @@ class Trainer:
 
     # ---- the run ----------------------------------------------------------------------------------
 
-    def _throughput(self, since: float) -> dict[str, float]:
-        """Every rank's batch lengths since the last train log, scaled, per second (and the count restarted)."""
+    def _throughput(self, since: float, steps: int) -> dict[str, float]:
+        """Every rank's batch lengths since the last train log, scaled, per second (and the count restarted);
+        with a known peak, `mfu`: the counted model FLOPs of `steps` steps per second over the peak."""
         name, scale = self.stage.throughput
         amount, self._amount = mean(self.dist, {name: self._amount * scale})[name] * self.dist.world, 0
-        return {name: amount / max(time.perf_counter() - since, 1e-9)}
+        elapsed = max(time.perf_counter() - since, 1e-9)
+        out = {name: amount / elapsed}
+        if self._step_flops:
+            out["mfu"] = self._step_flops * steps / elapsed / self._peak
+        return out
 
     def _log(self, prefix: str, metrics: dict[str, float]) -> None:
         if not self.dist.main:
@@ -491,14 +529,15 @@ class Trainer:
                    dynamic_ncols=True)
         last: dict[str, float] = {}
         start = since = self._start = time.perf_counter()
+        logged_at = self.step
         while self.step < self.cfg.steps:
             self.train_step()
             bar.update(1)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 last = self.log_metrics()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if not k.startswith("grad")})
-                self._log("train", {**last, **self._throughput(since)})
-                since = time.perf_counter()
+                self._log("train", {**last, **self._throughput(since, self.step - logged_at)})
+                since, logged_at = time.perf_counter(), self.step
             if self.step % self.cfg.valid_every == 0 or self.step == self.cfg.steps:
                 valid = self.validate()
                 if valid:
