@@ -100,13 +100,16 @@ def lm_data(work: Path, name: str) -> tuple[Path, Path]:
     return work / "codec", work / "shards"
 
 
-def stage_configs(work: Path, name: str, steps: int, precision: str) -> dict[str, tuple[str, dict]]:
+def stage_configs(work: Path, name: str, steps: int, precision: str, batch: int | None = None
+                  ) -> dict[str, tuple[str, dict]]:
     size = SIZES[name]
     manifest, teacher = speech_manifest(work), random_teacher(work, size)
     codec, shards = lm_data(work, name)
     train = {"steps": steps, "log_every": 1, "valid_every": 10**9, "save_every": 10**9, "schedule": "constant",
              "precision": precision}
     (b_ssl, s_ssl), (b_codec, s_codec), (b_lm, crop) = size["ssl_batch"], size["codec_batch"], size["lm_batch"]
+    if batch is not None:  # e.g. the paper size's shapes checked on a CPU, in a CPU's memory
+        b_ssl = b_codec = b_lm = batch
     codec_section = {"teacher": str(teacher), "teacher_layers": size["teacher"]["num_layers"],
                      "loss": {"layer_weights": [1.0] * size["teacher"]["num_layers"]},
                      "data": {"train": str(manifest), "segment_seconds": s_codec, "context_seconds": 0.0},
@@ -145,10 +148,11 @@ def train_once(work: Path, label: str, stage: str, section: dict, compile: bool,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
-def training(work: Path, name: str, steps: int, device: str, compile_modes: list[bool]) -> list[dict]:
+def training(work: Path, name: str, steps: int, device: str, compile_modes: list[bool], batch: int | None = None
+             ) -> list[dict]:
     precision = "bf16" if device == "cuda" else "fp32"
     results = []
-    for label, (stage, section) in stage_configs(work, name, steps, precision).items():
+    for label, (stage, section) in stage_configs(work, name, steps, precision, batch).items():
         for compile in compile_modes:
             try:
                 results.append(train_once(work, label, stage, section, compile, device))
@@ -190,7 +194,7 @@ def streaming(name: str, device: str, batches: tuple[int, ...]) -> list[dict]:
         streaming_speed(lm, batch, prompt_seconds=1.0, seconds=1.0)  # warm-up
         out.append({"batch": batch, **streaming_speed(lm, batch, prompt_seconds=3.0, seconds=5.0)})
         print(f"streaming batch {batch:2d}: real-time factor {out[-1]['stream_rtf']:.3f}, first audio "
-              f"{out[-1]['first_audio_ms']:.0f} ms, prompt read at {out[-1]['prompt_rtf']:.3f} x real time", flush=True)
+              f"{out[-1]['first_audio_ms']:.0f} ms, prompt read in {out[-1]['prompt_rtf']:.3f} s per second of it", flush=True)
     return out
 
 
@@ -210,6 +214,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--compile", choices=["both", "off", "on"], default="both")
     parser.add_argument("--stream-batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--batch", type=int, help="every stage's global batch (default: the size's own)")
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -219,7 +224,7 @@ def main() -> None:
     modes = {"both": [False, True], "off": [False], "on": [True]}[args.compile]
     report = {"device": args.device, "device_name": device_name, "size": args.size, "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
-        report["training"] = training(Path(tmp), args.size, args.steps, args.device, modes)
+        report["training"] = training(Path(tmp), args.size, args.steps, args.device, modes, args.batch)
     if args.device != "cpu":
         report["equality"] = equality(args.size, args.device)
         print("inference on the device vs the CPU: " + ", ".join(f"{k} {v:.3g}" for k, v in report["equality"].items()))

@@ -2,7 +2,6 @@
 files graded by the official rules (tests/eval/zerospeech_rules.py), the Hugging Face parquet layouts, a
 Hub id resolved from the local cache with the network off, and the first chunk scored after silence."""
 
-import argparse
 import csv
 import io
 import json
@@ -20,24 +19,15 @@ import torch
 import torch.nn.functional as F
 import zerospeech_rules as official
 from conftest import REFERENCE
+from zeroshot_cli import outcome, run_zeroshot
 
 from wavslm.errors import InputError
 from wavslm.eval.loaders import Clip, load_dataset
-from wavslm.eval.zeroshot import configure, context_chunks, score_clips
+from wavslm.eval.zeroshot import context_chunks, score_clips
 
 MODEL = REFERENCE / "wavslm_tiny"
 
 
-def _cli(*argv):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cpu")
-    configure(parser)
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
-
-
-def _outcome(nll, pos, neg):
-    return 1.0 if nll[pos] < nll[neg] else 0.5 if nll[pos] == nll[neg] else 0.0
 
 
 # ---- ZeroSpeech 2021: --submission graded by the official rules --------------------------------------
@@ -92,8 +82,8 @@ def test_submission_is_graded_by_the_official_rules_as_wavslm_reports(pool, tmp_
     official.check_gold(data / "lexical" / "dev" / "gold.csv", "lexical")
     official.check_gold(data / "syntactic" / "dev" / "gold.csv", "syntactic")
 
-    lexical = _cli("--task", "swuggy", "--data", data, "--model", MODEL, "--submission", sub, "--batch-size", 3)
-    syntactic = _cli("--task", "sblimp", "--data", data, "--model", MODEL, "--submission", sub)
+    lexical = run_zeroshot("--task", "swuggy", "--data", data, "--model", MODEL, "--submission", sub, "--batch-size", 3)
+    syntactic = run_zeroshot("--task", "sblimp", "--data", data, "--model", MODEL, "--submission", sub)
     official.validate(data, sub, only_dev=True)
     graded = official.score_lexical(data / "lexical" / "dev" / "gold.csv", sub / "lexical" / "dev.txt")
     assert lexical["accuracy"] == pytest.approx(graded["all"], abs=1e-4)  # the scorer rounds per id to 4 decimals
@@ -109,9 +99,9 @@ def test_submission_is_graded_by_the_official_rules_as_wavslm_reports(pool, tmp_
 
     # The test split has no gold: only the submission is written, and then both splits validate.
     with pytest.raises(InputError, match="the test split's gold is withheld: --submission DIR"):
-        _cli("--task", "swuggy", "--data", data, "--model", MODEL, "--split", "test")
+        run_zeroshot("--task", "swuggy", "--data", data, "--model", MODEL, "--split", "test")
     for task in ("swuggy", "sblimp"):
-        result = _cli("--task", task, "--data", data, "--model", MODEL, "--split", "test", "--submission", sub)
+        result = run_zeroshot("--task", task, "--data", data, "--model", MODEL, "--split", "test", "--submission", sub)
         assert "accuracy" not in result and result["submission"]["num_scores"] == 6
     official.validate(data, sub, only_dev=False)
     dev = dict(line.split() for line in (sub / "lexical" / "dev.txt").read_text().splitlines())
@@ -125,10 +115,10 @@ def test_submission_is_graded_by_the_official_rules_as_wavslm_reports(pool, tmp_
     meta = (sub / "meta.yaml").read_text()
     assert "wavslm" in meta and "(your name)" in meta  # kept across the four runs, for the user to fill in
     with pytest.raises(InputError, match="holds scores made another way: its meta.yaml says"):
-        _cli("--task", "swuggy", "--data", data, "--model", MODEL, "--submission", sub, "--reduction", "sum")
+        run_zeroshot("--task", "swuggy", "--data", data, "--model", MODEL, "--submission", sub, "--reduction", "sum")
     assert (sub / "lexical" / "dev.txt").read_text() == "".join(f"{k} {v}\n" for k, v in sorted(dev.items()))
     with pytest.raises(InputError, match="files for swuggy and sblimp only"):
-        _cli("--task", "salmon", "--data", data, "--model", MODEL, "--submission", sub)
+        run_zeroshot("--task", "salmon", "--data", data, "--model", MODEL, "--submission", sub)
 
 
 def test_official_rules_catch_what_the_official_scorer_rejects(tmp_path):
@@ -178,9 +168,9 @@ def test_speed_sblimp_layout(pool, tmp_path):
     file.parent.mkdir()
     pq.write_table(table, file)
     m = nll["mean"]
-    per_id = {1: (_outcome(m, "c0", "c1") + _outcome(m, "c2", "c3")) / 2, 2: _outcome(m, "c4", "c5"),
-              3: _outcome(m, "c5", "c2")}
-    result = _cli("--task", "sblimp", "--data", tmp_path, "--model", MODEL)
+    per_id = {1: (outcome(m, "c0", "c1") + outcome(m, "c2", "c3")) / 2, 2: outcome(m, "c4", "c5"),
+              3: outcome(m, "c5", "c2")}
+    result = run_zeroshot("--task", "sblimp", "--data", tmp_path, "--model", MODEL)
     assert result["data"]["layout"] == "Hugging Face parquet" and result["num_pairs"] == 4
     assert result["accuracy"] == pytest.approx(sum(per_id.values()) / 3)  # voices of id 1 averaged first
     assert result["subsets"]["t2"]["accuracy"] == pytest.approx((per_id[2] + per_id[3]) / 2)
@@ -198,15 +188,15 @@ def test_speed_swuggy_and_tstorycloze_layouts(pool, tmp_path):
         pq.write_table(pa.table({"positive": pa.array([_cell(clips[p]) for p, _ in rows], _audio_type()),
                                  "negative": pa.array([_cell(clips[n]) for _, n in rows], _audio_type()), **extra}),
                        file, row_group_size=2)
-    outcomes = [_outcome(m, p, n) for p, n in rows]
-    swuggy = _cli("--task", "swuggy", "--data", tmp_path / "sWUGGY", "--model", MODEL)
+    outcomes = [outcome(m, p, n) for p, n in rows]
+    swuggy = run_zeroshot("--task", "swuggy", "--data", tmp_path / "sWUGGY", "--model", MODEL)
     assert swuggy["accuracy"] == pytest.approx(sum(outcomes) / 3)
     assert swuggy["subsets"]["in-vocab"]["accuracy"] == pytest.approx((outcomes[0] + outcomes[2]) / 2)
     assert swuggy["breakdowns"]["frequency"]["1-5"]["num_items"] == 1
-    tsc = _cli("--task", "tsc", "--data", tmp_path / "tStoryCloze", "--model", MODEL)
+    tsc = run_zeroshot("--task", "tsc", "--data", tmp_path / "tStoryCloze", "--model", MODEL)
     assert tsc["accuracy"] == pytest.approx(sum(outcomes) / 3) and tsc["averaging"] == "tSC: mean over stories"
     assert tsc["split"] is None and tsc["data"]["layout"] == "Hugging Face parquet"
-    both = _cli("--task", "tsc", "--data", tmp_path, "--model", MODEL)  # sWUGGY's and tSC's files: two subsets
+    both = run_zeroshot("--task", "tsc", "--data", tmp_path, "--model", MODEL)  # sWUGGY's and tSC's files: two subsets
     assert both["accuracy"] is None and "give one of them as --data" in both["warnings"][0]
 
 
@@ -223,8 +213,8 @@ def test_salmon_parquet_layout_skips_the_all_configs(pool, tmp_path):
                                  "negative_audio": pa.array([_cell(clips[n]) for _, n in rows], _audio_type())}), file)
     (tmp_path / "all" / "train").mkdir(parents=True)  # the parquet conversion's `all` config: every part again
     shutil.copy(tmp_path / "speaker_consistency" / "train-00000-of-00001.parquet", tmp_path / "all" / "train" / "0000.parquet")
-    result = _cli("--task", "salmon", "--data", tmp_path, "--model", MODEL)
-    per_part = {k: sum(_outcome(m, p, n) for p, n in v) / len(v) for k, v in parts.items()}
+    result = run_zeroshot("--task", "salmon", "--data", tmp_path, "--model", MODEL)
+    per_part = {k: sum(outcome(m, p, n) for p, n in v) / len(v) for k, v in parts.items()}
     assert result["num_pairs"] == 3  # the `all` copy was not scored again
     assert {k: v["accuracy"] for k, v in result["subsets"].items()} == pytest.approx(per_part)
     assert list(result["subsets"]) == ["speaker_consistency", "sentiment_alignment"]  # the paper's order
@@ -271,7 +261,7 @@ def test_hub_id_resolved_from_the_local_cache_with_the_network_off(pool, tmp_pat
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     m = nll["mean"]
-    assert result["accuracy"] == pytest.approx(sum(_outcome(m, p, n) for p, n in rows) / 2)
+    assert result["accuracy"] == pytest.approx(sum(outcome(m, p, n) for p, n in rows) / 2)
     assert result["data"]["source"] == "speed/tStoryCloze" and result["data"]["folder"] == str(snapshot)
     done = subprocess.run([*offline, *wavslm, "eval", "zeroshot", "--task", "sblimp", "--data", "speed/sBLIMP",
                            "--model", str(MODEL)], env=env, capture_output=True, text=True, cwd=tmp_path)

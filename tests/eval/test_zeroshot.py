@@ -1,7 +1,6 @@
 """Zero-shot pair scoring: the pure accuracy functions, every loader's layout and its malformed cases,
 batched == one-at-a-time scores, and the CLI end to end on the reference LM with real speech."""
 
-import argparse
 import csv
 import io
 import json
@@ -13,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
+from zeroshot_cli import outcome, run_zeroshot
 
 from wavslm.errors import InputError
 from wavslm.eval.loaders import Clip, ClipReader, Pair, load_pairs
 from wavslm.eval.zeroshot import (
     batches,
-    configure,
     encode_clips,
     evaluate,
     interval,
@@ -128,16 +127,6 @@ def test_batches_group_lengths_equal_mod_4_sorted():
         batches(lengths, 0)
 
 
-def _outcome(nll, pos, neg):
-    return 1.0 if nll[pos] < nll[neg] else 0.5 if nll[pos] == nll[neg] else 0.0
-
-
-def _cli(*argv):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cpu")
-    configure(parser)
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
 
 
 def test_batched_scores_equal_one_at_a_time(lm, pool):
@@ -179,11 +168,11 @@ def test_swuggy_end_to_end(lm, pool, tmp_path, capsys):
     clips, nll = pool
     _write_slm21(tmp_path, "lexical", clips)
     mean = nll["mean"]
-    w1 = (_outcome(mean, "c0", "c1") + _outcome(mean, "c2", "c3")) / 2
-    w2 = _outcome(mean, "c4", "c5")
-    w3 = (_outcome(mean, "c1", "c0") + _outcome(mean, "c5", "c2") + 0.5) / 3  # c3 vs itself: a tie
+    w1 = (outcome(mean, "c0", "c1") + outcome(mean, "c2", "c3")) / 2
+    w2 = outcome(mean, "c4", "c5")
+    w3 = (outcome(mean, "c1", "c0") + outcome(mean, "c5", "c2") + 0.5) / 3  # c3 vs itself: a tie
     out = tmp_path / "res" / "swuggy.json"
-    _cli("--task", "swuggy", "--data", tmp_path, "--model", lm_path(), "-o", out, "--per-pair", "--batch-size", 3)
+    run_zeroshot("--task", "swuggy", "--data", tmp_path, "--model", lm_path(), "-o", out, "--per-pair", "--batch-size", 3)
     results = json.loads(out.read_text())
     assert results["task"] == "swuggy" and results["split"] == "dev" and results["num_pairs"] == 6
     assert results["accuracy"] == pytest.approx((w1 + w2 + w3) / 3)
@@ -206,10 +195,10 @@ def test_sblimp_end_to_end_by_type(lm, pool, tmp_path):
     clips, nll = pool
     _write_slm21(tmp_path, "syntactic", clips)
     s = nll["sum"]
-    w1 = (_outcome(s, "c0", "c1") + _outcome(s, "c2", "c3")) / 2  # t1
-    w2 = _outcome(s, "c4", "c5")  # t2
-    w3 = (_outcome(s, "c1", "c0") + _outcome(s, "c5", "c2") + 0.5) / 3  # t2
-    results = _cli("--task", "sblimp", "--data", tmp_path / "syntactic", "--model", lm_path(), "--reduction", "sum")
+    w1 = (outcome(s, "c0", "c1") + outcome(s, "c2", "c3")) / 2  # t1
+    w2 = outcome(s, "c4", "c5")  # t2
+    w3 = (outcome(s, "c1", "c0") + outcome(s, "c5", "c2") + 0.5) / 3  # t2
+    results = run_zeroshot("--task", "sblimp", "--data", tmp_path / "syntactic", "--model", lm_path(), "--reduction", "sum")
     assert results["accuracy"] == pytest.approx((w1 + w2 + w3) / 3)
     assert results["subsets"]["t1"]["accuracy"] == pytest.approx(w1)
     assert results["subsets"]["t2"]["accuracy"] == pytest.approx((w2 + w3) / 2)
@@ -260,8 +249,8 @@ def test_salmon_end_to_end_mean_over_parts(lm, pool, tmp_path):
     parts = {"speaker_consistency": [("c0", "c1")], "rir_consistency": [("c2", "c3"), ("c5", "c4"), ("c1", "c2")]}
     _write_salmon(tmp_path, {k: [(clips[a], clips[b]) for a, b in v] for k, v in parts.items()})
     m = nll["mean"]
-    per_part = {k: sum(_outcome(m, a, b) for a, b in v) / len(v) for k, v in parts.items()}
-    results = _cli("--task", "salmon", "--data", tmp_path, "--model", lm_path(), "--batch-size", 2)
+    per_part = {k: sum(outcome(m, a, b) for a, b in v) / len(v) for k, v in parts.items()}
+    results = run_zeroshot("--task", "salmon", "--data", tmp_path, "--model", lm_path(), "--batch-size", 2)
     assert results["split"] is None and results["num_pairs"] == 4
     assert {k: s["accuracy"] for k, s in results["subsets"].items()} == pytest.approx(per_part)
     assert results["accuracy"] == pytest.approx(sum(per_part.values()) / 2)
@@ -292,12 +281,12 @@ def test_storycloze_folder_end_to_end(lm, pool, tmp_path):
             shutil.copy(clips[neg], tmp_path / subset / f"story{i}_incorrect.wav")
     (tmp_path / "sSC" / "README.txt").write_text("not audio")  # other files are ignored
     m = nll["mean"]
-    outcomes = {k: [_outcome(m, a, b) for a, b in v] for k, v in stories.items()}
-    results = _cli("--task", "storycloze", "--data", tmp_path, "--model", lm_path())
+    outcomes = {k: [outcome(m, a, b) for a, b in v] for k, v in stories.items()}
+    results = run_zeroshot("--task", "storycloze", "--data", tmp_path, "--model", lm_path())
     assert results["accuracy"] is None  # sSC and tSC are not pooled
     assert results["subsets"]["sSC"] == {"accuracy": pytest.approx(sum(outcomes["sSC"]) / 2), "num_pairs": 2,
                                          "num_items": 2, "ci95": pytest.approx(interval(sum(outcomes["sSC"]) / 2, 2))}
-    results = _cli("--task", "ssc", "--data", tmp_path / "sSC", "--model", lm_path())
+    results = run_zeroshot("--task", "ssc", "--data", tmp_path / "sSC", "--model", lm_path())
     assert results["accuracy"] == pytest.approx(sum(outcomes["sSC"]) / 2) and results["subsets"] == {}
 
     (tmp_path / "tSC" / "story0_correct.wav").unlink()
@@ -331,9 +320,9 @@ def test_storycloze_parquet_end_to_end(lm, pool, tmp_path):
         wav = tmp_path / f"{name}.wav"
         sf.write(wav, sf.read(clips[name], dtype="float32")[0], 16000, subtype="PCM_16")
         nll[name] = float(lm.score(lm.codec.encode(load_audio(wav, sample_rate=16000, mono=True)[0])))
-    expected = sum(_outcome(nll, p, n) for p, n in stories) / 3
+    expected = sum(outcome(nll, p, n) for p, n in stories) / 3
     for data in (tmp_path, file):
-        results = _cli("--task", "storycloze", "--data", data, "--model", lm_path(), "--per-pair")
+        results = run_zeroshot("--task", "storycloze", "--data", data, "--model", lm_path(), "--per-pair")
         assert results["accuracy"] == pytest.approx(expected)
         assert results["pairs"][1]["positive"] == f"{file} row 1 column 'positive'"
         assert results["pairs"][1]["positive_nll"] == pytest.approx(nll["c3"], abs=1e-5)

@@ -92,13 +92,13 @@ def run_cli(*args, env=None, **kwargs):
     return subprocess.run([*args], capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
 
 
-def test_two_process_ddp_matches_one_process(shards, tmp_path):
+def test_two_process_ddp_with_loader_workers_matches_one_process_without(shards, tmp_path):
     config = write_config(tmp_path / "c.yaml", lm_settings(shards, steps=6, valid_every=100, save_every=100, lr=1e-3))
     single = run_cli(sys.executable, "-m", "wavslm.cli", "train", "lm", "--config", config, "-o", tmp_path / "one")
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = run_cli(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                   "-m", "wavslm.cli", "train", "lm", "--config", config, "-o", tmp_path / "two",
-                  env={"OMP_NUM_THREADS": "1"})
+                  "--set", "train.num_workers=2", env={"OMP_NUM_THREADS": "1"})  # DataLoader workers on each rank
     assert ddp.returncode == 0, ddp.stderr[-8000:]  # the ranks' own tracebacks come before torchrun's summary
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 6
