@@ -110,9 +110,10 @@ def test_iteration2_clusters_the_first_export_s_features(iteration1, config, tmp
 
 
 @pytest.mark.slow
-def test_two_process_ddp_equals_one_process(config, tmp_path):
+def test_two_process_ddp_and_fsdp_equal_one_process(config, tmp_path):
     """Under DDP each rank's means over frames take every rank's frame count (the masked frames differ
-    from item to item), so two gloo processes give one process's loss curve, not a mean of the ranks' means."""
+    from item to item), so two gloo processes give one process's loss curve, not a mean of the ranks' means;
+    so does FSDP2 (`train.parallel: fsdp`), whose export is a whole Hugging Face WavLM."""
     import os
     import subprocess
     import sys
@@ -126,10 +127,16 @@ def test_two_process_ddp_equals_one_process(config, tmp_path):
                           "-m", "wavslm.cli", "train", "ssl", "--config", str(config), "-o", str(tmp_path / "two"),
                           *settings], capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-8000:]
-    a, b = rows(tmp_path / "one"), rows(tmp_path / "two")
-    assert len(a) == len(b) == 4
+    fsdp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "wavslm.cli", "train", "ssl", "--config", str(config), "-o", str(tmp_path / "fsdp"),
+                           *settings, "--set", "train.parallel=fsdp"], capture_output=True, text=True, env=env)
+    assert fsdp.returncode == 0, fsdp.stderr[-8000:]
+    a, b, c = rows(tmp_path / "one"), rows(tmp_path / "two"), rows(tmp_path / "fsdp")
+    assert len(a) == len(b) == len(c) == 4
     for key in ("loss", "recon_l1") if "recon_l1" in a[0] else ("loss",):
         assert max(abs(x[key] - y[key]) for x, y in zip(a, b, strict=True)) < 1e-5, (key, a, b)
+        assert max(abs(x[key] - y[key]) for x, y in zip(a, c, strict=True)) < 1e-5, (key, a, c)  # FSDP2 too
+    assert from_hf(tmp_path / "fsdp" / "export" / "wavlm") is not None  # the whole weights, exported
 
 
 def test_resume_continues_exactly(config, tmp_path):
