@@ -265,5 +265,6 @@ def test_pitch_losses_count_the_frames_they_say():
     out = L.pitch_losses(log2_f0, logits, f0, voiced)
     assert out["f0"].item() == pytest.approx(math.log2(1.5) / 2)
     assert out["gpe"].item() == pytest.approx(0.5) and out["vde"].item() == pytest.approx(1 / 3)
+    assert out["f0_delta"].item() == pytest.approx(math.log2(1.5))  # one voiced pair; its error moved by that
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[0, :3], voiced[0, :3])
     assert out["voicing"].item() == pytest.approx(expected.item())

@@ -292,16 +292,21 @@ def pitch_losses(log2_f0: Tensor, voicing_logit: Tensor, f0: Tensor, voiced: Ten
 
     `log2_f0`: predicted log2 F0 in Hz; `voicing_logit`: predicted voicing before the sigmoid; `f0`: the track
     in Hz, 0 where unvoiced and negative where there is no track (padding); `voiced`: 1 or 0.
-    Returns `f0` (mean L1 in octaves over frames voiced in the track), `voicing` (binary cross-entropy over
-    tracked frames), and for the log (no gradient) `vde` (share of tracked frames whose decision at 0.5
-    differs) and `gpe` (share of voiced frames more than 20% off).
+    Returns `f0` (mean L1 in octaves over frames voiced in the track), `f0_delta` (mean L1 in octaves of the
+    frame-to-frame change of F0 against the track's, over pairs of consecutive frames both voiced: a
+    contour term, since per-frame errors that are small but independent make the harmonics wobble),
+    `voicing` (binary cross-entropy over tracked frames), and for the log (no gradient) `vde` (share of
+    tracked frames whose decision at 0.5 differs) and `gpe` (share of voiced frames more than 20% off).
     """
     tracked, mask = f0 >= 0, (voiced > 0) & (f0 > 0)
     zero = log2_f0.new_zeros(())
-    octaves = (log2_f0 - f0.clamp_min(1.0).log2()).abs()
+    error = log2_f0 - f0.clamp_min(1.0).log2()
+    octaves = error.abs()
+    pairs = mask[:, 1:] & mask[:, :-1]
     decided = (voicing_logit > 0).float()
     return {
         "f0": octaves[mask].mean() if mask.any() else zero,
+        "f0_delta": (error[:, 1:] - error[:, :-1]).abs()[pairs].mean() if pairs.any() else zero,
         "voicing": F.binary_cross_entropy_with_logits(voicing_logit[tracked], voiced[tracked].float()),
         "vde": (decided != voiced.float())[tracked].float().mean().detach(),
         "gpe": (octaves[mask] > math.log2(1.2)).float().mean().detach() if mask.any() else zero,

@@ -41,6 +41,7 @@ class CodecLossConfig:
     # A decoder that predicts F0 and voicing (HarmonicNoise) is taught them from pYIN tracks of the input:
     f0: float = 10.0  # L1 of log2 F0 (octaves) on frames pYIN calls voiced
     voicing: float = 5.0  # binary cross-entropy of the voicing against pYIN's decision
+    f0_delta: float = 0.0  # L1 of the frame-to-frame change of log2 F0 against the track's (0: off)
     stft: float = 0.0  # multi-resolution STFT loss (spectral convergence + log magnitude)
     # quantizer and joint: a linear probe on the decompressed features is taught pYIN's F0 and voicing
     # alongside them, so the tokens keep the pitch a harmonic decoder needs (0: off)

@@ -164,7 +164,7 @@ class DecoderSubstage(CodecStage):
             terms["stft"] = multi_resolution_stft_loss(fake, real)
             loss = loss + w.stft * terms["stft"]
         if pitch:
-            loss = loss + w.f0 * pitch["f0"] + w.voicing * pitch["voicing"]
+            loss = loss + w.f0 * pitch["f0"] + w.voicing * pitch["voicing"] + w.f0_delta * pitch["f0_delta"]
         yield "gen", loss, {"loss": loss.detach(), **{k: v.detach() for k, v in {**terms, **pitch}.items()}}
 
     def valid_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
