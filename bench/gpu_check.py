@@ -215,6 +215,9 @@ def main() -> None:
     parser.add_argument("--compile", choices=["both", "off", "on"], default="both")
     parser.add_argument("--stream-batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--batch", type=int, help="every stage's global batch (default: the size's own)")
+    parser.add_argument("--parts", nargs="+", choices=["training", "equality", "streaming"],
+                        default=["training", "equality", "streaming"],
+                        help="which checks to run (e.g. the eager runs first, the compiled ones in a second call)")
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -223,15 +226,21 @@ def main() -> None:
     print(f"gpu_check on {args.device} ({device_name}), size {args.size}, torch {torch.__version__}", flush=True)
     modes = {"both": [False, True], "off": [False], "on": [True]}[args.compile]
     report = {"device": args.device, "device_name": device_name, "size": args.size, "torch": torch.__version__}
-    with tempfile.TemporaryDirectory() as tmp:
-        report["training"] = training(Path(tmp), args.size, args.steps, args.device, modes, args.batch)
-    if args.device != "cpu":
+    report["training"] = []
+    if "training" in args.parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            report["training"] = training(Path(tmp), args.size, args.steps, args.device, modes, args.batch)
+    if "equality" not in args.parts:
+        report["equality"] = None
+    elif args.device != "cpu":
         report["equality"] = equality(args.size, args.device)
         print("inference on the device vs the CPU: " + ", ".join(f"{k} {v:.3g}" for k, v in report["equality"].items()))
     else:
         report["equality"] = None
         print("inference on the device vs the CPU: skipped (the device is the CPU)")
-    report["streaming"] = streaming(args.size, args.device, tuple(args.stream_batches))
+    report["streaming"] = []
+    if "streaming" in args.parts:
+        report["streaming"] = streaming(args.size, args.device, tuple(args.stream_batches))
     failed = [r for r in report["training"] if "error" in r]
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
