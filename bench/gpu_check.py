@@ -150,11 +150,13 @@ def train_once(work: Path, label: str, stage: str, section: dict, compile: bool,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
-def training(work: Path, name: str, steps: int, device: str, compile_modes: list[bool], batch: int | None = None
-             ) -> list[dict]:
+def training(work: Path, name: str, steps: int, device: str, compile_modes: list[bool], batch: int | None = None,
+             stages: list[str] | None = None) -> list[dict]:
     precision = "bf16" if device == "cuda" else "fp32"
     results = []
     for label, (stage, section) in stage_configs(work, name, steps, precision, batch).items():
+        if stages and label not in stages:
+            continue
         for compile in compile_modes:
             try:
                 results.append(train_once(work, label, stage, section, compile, device))
@@ -220,6 +222,8 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=["training", "equality", "streaming"],
                         default=["training", "equality", "streaming"],
                         help="which checks to run (e.g. the eager runs first, the compiled ones in a second call)")
+    parser.add_argument("--stages", nargs="+", choices=["ssl", "codec decoder", "codec quantizer", "lm"],
+                        help="which stages to train (default: all)")
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -231,7 +235,7 @@ def main() -> None:
     report["training"] = []
     if "training" in args.parts:
         with tempfile.TemporaryDirectory() as tmp:
-            report["training"] = training(Path(tmp), args.size, args.steps, args.device, modes, args.batch)
+            report["training"] = training(Path(tmp), args.size, args.steps, args.device, modes, args.batch, args.stages)
     if "equality" not in args.parts:
         report["equality"] = None
     elif args.device != "cpu":

@@ -98,7 +98,7 @@ class ISTFTHead(nn.Module):
         self.proj = Linear(dim, n_fft + 2)
 
     def forward(self, h: Tensor) -> Tensor:
-        log_mag, phase = self.proj(h).chunk(2, dim=-1)
+        log_mag, phase = self.proj(h).float().chunk(2, dim=-1)  # complex and FFT kernels take no bf16
         mag = log_mag.exp().clamp(max=1e2)  # cap runaway magnitudes (exp overflow -> inf)
         spec = torch.complex(mag * phase.cos(), mag * phase.sin())
         istft = istft_causal if self.causal else istft_same

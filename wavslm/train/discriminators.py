@@ -195,7 +195,7 @@ class ResolutionDiscriminator(nn.Module):
         self.post = _normed(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)), norm)
 
     def forward(self, sig: Tensor) -> tuple[Tensor, list[Tensor]]:
-        x = _as_b1n(sig)[:, 0]
+        x = _as_b1n(sig)[:, 0].float()  # cuFFT takes no bf16
         spec = torch.stft(
             x,
             self.n_fft,

@@ -38,6 +38,7 @@ def stft_magnitude(
     The magnitude is `sqrt(max(re^2 + im^2, eps))`, which keeps the gradient finite at silent bins.
     """
     x, lead = _flatten_sig(sig)
+    x = x.float()  # cuFFT takes no bf16 (a bf16-autocast decoder's output)
     win_length = n_fft if win_length is None else win_length
     window = torch.hann_window(win_length, device=x.device, dtype=x.dtype)
     spec = torch.stft(
