@@ -9,6 +9,7 @@
 module's state; its results equal the offline ones.
 """
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,24 @@ from .wavlm import WavLM, WavLMConfig
 
 # Long inputs to a causal codec go through it in pieces of this many chunks (30 s at 80 ms a chunk).
 PIECE_CHUNKS = 375
+
+
+def exact_float32(fn: Callable) -> Callable:
+    """`fn` under `torch.no_grad()` with cuDNN's TF32 convolutions off. cuDNN rounds float32 convolution
+    inputs to TF32 by default; on an H200 that flipped 1% of a paper-size codec's tokens against the CPU
+    (audio off by 7e-4) and with it off all tokens agree (audio within 4e-6; `bench/gpu_check.py`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.no_grad():
+            if not torch.backends.cudnn.is_available():
+                return fn(*args, **kwargs)
+            cudnn = torch.backends.cudnn
+            with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                             allow_tf32=False):
+                return fn(*args, **kwargs)
+
+    return wrapper
 
 _PARTS: dict[str, dict[str, Callable[[dict], nn.Module]]] = {
     "encoder": {"WavLM": lambda c: WavLM(from_dict(WavLMConfig, c, "encoder_config"))},
@@ -129,7 +148,7 @@ class Codec(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    @torch.no_grad()
+    @exact_float32
     def encode(self, sig: Tensor) -> Tensor:
         """`sig (B, N)` (or `(N,)`) float at `sample_rate_input` -> `toks (B, T)` int64.
 
@@ -149,13 +168,13 @@ class Codec(nn.Module):
             toks.append(self.quantizer.lats_to_toks(lats))
         return torch.cat(toks, dim=1)
 
-    @torch.no_grad()
+    @exact_float32
     def dequantize(self, toks: Tensor) -> Tensor:
         """`toks (B, T) -> qfeats (B, T * upsample, D)`, the features the language model reads."""
         qfeats, _ = self.decompressor(self.quantizer.toks_to_codes(self._check_toks(toks)))
         return qfeats
 
-    @torch.no_grad()
+    @exact_float32
     def synthesize(self, qfeats: Tensor, matching_set: Tensor | None = None, topk: int = 4) -> Tensor:
         """`qfeats (B, T, D) -> sig (B, T * hop)` at `sample_rate_output`.
 
@@ -182,7 +201,7 @@ class Codec(nn.Module):
             return torch.cat([stream.decode(toks[:, start : start + step]) for start in range(0, toks.shape[1], step)],
                              dim=1)
 
-    @torch.no_grad()
+    @exact_float32
     def matching_set(self, sigs: list[Tensor]) -> Tensor:
         """Encoder features `(M, D)` of a target speaker's utterances (each `(N,)` or `(1, N)` at 16 kHz)."""
         if not sigs:
@@ -317,7 +336,7 @@ class CodecStream:
             raise InputError(f"this stream was opened for batch size {self.batch_size}, got {x.shape[0]}")
         return x
 
-    @torch.no_grad()
+    @exact_float32
     def encode(self, sig: Tensor) -> Tensor:
         """Append `sig (B, n)` samples; return the tokens `(B, 4k)` of the k chunks now complete."""
         codec = self.codec
@@ -332,14 +351,14 @@ class CodecStream:
         lats, self._compressor = codec.compressor(feats, self._compressor)
         return codec.quantizer.lats_to_toks(lats)
 
-    @torch.no_grad()
+    @exact_float32
     def dequantize(self, toks: Tensor) -> Tensor:
         """`toks (B, T) -> qfeats (B, T, D)`, continuing the decompressor's stream."""
         codes = self.codec.quantizer.toks_to_codes(self.codec._check_toks(self._check_batch(toks)))
         qfeats, self._decompressor = self.codec.decompressor(codes, self._decompressor)
         return qfeats
 
-    @torch.no_grad()
+    @exact_float32
     def synthesize(self, qfeats: Tensor) -> Tensor:
         """`qfeats (B, T, D) -> sig (B, T * hop)`, continuing the decoder's stream."""
         qfeats = self._check_batch(qfeats)
@@ -348,7 +367,7 @@ class CodecStream:
         sig, self._decoder = self.codec.decoder(qfeats, self._decoder)
         return sig
 
-    @torch.no_grad()
+    @exact_float32
     def advance(self, qfeats: Tensor) -> None:
         """Carry the decoder's stream over `qfeats (B, T, D)` without keeping its audio (a prompt read
         before a continuation). Decoders with an `advance(qfeats, state)` skip rendering the samples."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from wavslm.modules.bsq import toks_to_codes
+from wavslm.modules.vocos import ISTFTHead
 from wavslm.train import discriminators as D
 from wavslm.train import losses as L
 from wavslm.train.mel import mel_filterbank_slaney
@@ -43,6 +44,21 @@ def test_mel_loss_zero_on_identical_positive_otherwise_and_differentiable():
     assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
     with pytest.raises(ValueError):
         L.mel_loss(pred[:, :-1], target, SR)
+
+
+def test_spectra_of_bf16_audio_are_float32():
+    """A bf16-autocast decoder hands bf16 audio to the losses and discriminators; cuFFT takes no bf16, so
+    their spectra are taken in float32 (the first GPU run failed there) and equal those of the audio's
+    float32 values."""
+    sig = torch.stack([_tone(440.0), _tone(1250.0)]).bfloat16()
+    mel = L.mel_spectrogram(sig, SR, n_fft=512, hop=160, n_mels=40)
+    assert mel.dtype == torch.float32
+    torch.testing.assert_close(mel, L.mel_spectrogram(sig.float(), SR, n_fft=512, hop=160, n_mels=40))
+    score, feats = D.ResolutionDiscriminator(512, 128, 512)(sig)
+    assert score.dtype == torch.float32 and all(f.dtype == torch.float32 for f in feats)
+    head = ISTFTHead(64, 16, 4, causal=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(torch.randn(1, 5, 64)).dtype == torch.float32
 
 
 def test_multi_resolution_stft_loss_decreases_towards_target():
