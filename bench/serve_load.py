@@ -1,7 +1,7 @@
 """Load test of `wavslm serve`: N concurrent WebSocket sessions on loopback, bounded in time and size.
 
     python bench/serve_load.py [--model REF] [--sessions 8] [--seconds 10] [--prompt-seconds 3]
-                               [--rounds 2] [--threads N] [--prompt-threads N]
+                               [--rounds 3] [--threads N] [--prompt-threads N]
 
 Starts `python -m wavslm.serve` in a subprocess (the bundled tiny model unless --model), runs one warm-up
 round (every session at once, 1 s each), then `--rounds` rounds of `--sessions` sessions at once, each continuing a different
@@ -10,7 +10,12 @@ chunk / audio seconds), the time to first chunk (from the end of the prompt uplo
 (chunks later than a player that starts `--lead-ms` after the first chunk, like the page, needs them)
 and the worst lateness of a chunk for a player with no lead at all.
 It checks that no chunk or sample is lost and that the server's resident memory (VmRSS from /proc)
-returns to its post-warm-up baseline once the sessions are over. Exit status 1 if any check fails.
+stops growing: after the last round it is back within `--rss-tolerance-mib` of the highest idle RSS
+before that round (the post-warm-up baseline or an earlier round's). The first rounds may add memory
+that stays: oneDNN caches a primitive per new convolution shape (bounded, 1024 by default), and how
+the prompts of a round happen to be batched decides which shapes it meets (measured, 16 sessions x 5
+rounds: idle RSS 362, 389, 395, 394, 395 MiB; with ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 it stayed within
+10 MiB); a leak grows with every round. Exit status 1 if any check fails.
 """
 
 import argparse
@@ -129,14 +134,14 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0, help="continuation per session")
     parser.add_argument("--prompt-seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (at least 2 for the memory check)")
     parser.add_argument("--threads", type=int, help="the server's PyTorch threads (default: the server's, 1)")
     parser.add_argument("--prompt-threads", type=int,
                         help="the server's PyTorch threads while it reads prompts (default: the server's, every core)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lead-ms", type=float, default=100.0,
                         help="player's lead before the first chunk plays, as in the page (default 100)")
-    parser.add_argument("--rss-tolerance-mib", type=float, default=8.0, help="allowed growth over the baseline")
+    parser.add_argument("--rss-tolerance-mib", type=float, default=8.0, help="allowed growth of the last round's idle RSS over the highest before it")
     args = parser.parse_args()
 
     port = free_port()
@@ -163,7 +168,7 @@ def main() -> None:
         asyncio.run(round_(url, clips, 1.0, server.pid, 10_000, args.lead_ms / 1000))
         time.sleep(0.5)
         baseline = rss_mib(server.pid)
-        ok = True
+        ok, idle = True, [baseline]
         print(f"model {args.model}; {args.sessions} sessions x {args.seconds:g} s, prompts {args.prompt_seconds:g} s, "
               f"{args.rounds} rounds; server RSS baseline {baseline:.1f} MiB (after warm-up)")
         print(f"{os.cpu_count()} CPUs, load average before: {load_average()} (other processes compete for the CPU)")
@@ -187,19 +192,22 @@ def main() -> None:
                       f"{s['server_rtf']:>10.3f}{'' if complete else '  LOST'}")
             audio = sum(s.get("audio", 0) for s in results)
             time.sleep(0.5)
+            idle.append(rss_mib(server.pid))
             print(f"round {r}: {audio:.1f} s of audio in {wall:.2f} s wall (aggregate RTF {wall / audio:.3f}); "
-                  f"peak RSS {peak:.1f} MiB, idle after {rss_mib(server.pid):.1f} MiB; "
+                  f"peak RSS {peak:.1f} MiB, idle after {idle[-1]:.1f} MiB; "
                   f"{steps1 - steps0} batched steps, {(rows1 - rows0) / max(1, steps1 - steps0):.2f} sessions each")
+        before = max(idle[:-1])  # the baseline and every round but the last
         settled = rss_mib(server.pid)
         for _ in range(50):  # up to 5 s for freed memory to go back
-            if settled <= baseline + args.rss_tolerance_mib:
+            if settled <= before + args.rss_tolerance_mib:
                 break
             time.sleep(0.1)
             settled = rss_mib(server.pid)
-        back = settled <= baseline + args.rss_tolerance_mib
+        back = settled <= before + args.rss_tolerance_mib
         ok &= back
-        print(f"RSS after the load: {settled:.1f} MiB ({settled - baseline:+.1f} MiB vs baseline; "
-              f"{'back to baseline' if back else 'NOT back'} within {args.rss_tolerance_mib:g} MiB)")
+        print(f"RSS after the load: {settled:.1f} MiB ({settled - baseline:+.1f} MiB vs the baseline, "
+              f"{settled - before:+.1f} MiB vs the highest idle RSS before the last round: "
+              f"{'no growth' if back else 'STILL GROWING'} beyond {args.rss_tolerance_mib:g} MiB)")
         print(f"load average after: {load_average()}")
         print("all sessions complete and faster than real time" if ok else "FAILED")
     finally:

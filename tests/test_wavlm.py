@@ -93,3 +93,26 @@ def test_export_in_hugging_face_layout_round_trips(hf_dir, tmp_path):
     again = from_hf(tmp_path / "hf")
     sig = load_file(hf_dir / "io.safetensors")["sig"]
     assert (model(sig)[0] - again(sig)[0]).abs().max() < 1e-5
+
+
+def test_causal_front_end_in_pieces_equals_the_whole(monkeypatch):
+    """A long batch goes through the causal front end in pieces of whole frames carrying each layer's
+    context; the features equal the whole input's, also for a length that is no multiple of the hop."""
+    from wavslm import wavlm
+    from wavslm.modules.tuning import Tuned
+
+    config = WavLMConfig(hidden_dims=[16] * 7, num_layers=1, dim=32, ffn_dim=64, num_heads=2, conv_pos=8,
+                         conv_pos_groups=2, causal=True)
+    front = WavLM(config).eval().feature_extractor
+    sig = 0.1 * torch.randn(3, 16000 + 123, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole, _ = front._layers(sig, None)
+        assert front.piece_samples(sig) is None  # 0.6 MB of first-layer output: far below the limit
+        monkeypatch.setattr(wavlm, "FRONT_END_PIECE_BYTES", Tuned(40_000))
+        piece = front.piece_samples(sig)
+        assert piece is not None and piece % config.hop_length == 0 and piece < sig.shape[1]
+        pieces, contexts = front(sig)
+        torch.testing.assert_close(pieces, whole, rtol=0, atol=1e-6)
+        assert pieces.shape[1] == num_frames(sig.shape[1], config)
+        # a bidirectional front end has no context to carry: always whole
+        assert WavLM(WavLMConfig(**{**config.__dict__, "causal": False})).feature_extractor.piece_samples(sig) is None

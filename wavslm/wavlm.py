@@ -5,6 +5,7 @@ final norm) and as a faithful copy of a Hugging Face `microsoft/wavlm-*` model (
 layout, final LayerNorm), whose upper layers initialise the language model.
 """
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from .config import buildable
 from .errors import InputError
 from .modules.linear import Linear
 from .modules.transformer import TransformerEncoder, TransformerState
-from .modules.tuning import CHANNELS_LAST_FRONT_END
+from .modules.tuning import CHANNELS_LAST_FRONT_END, FRONT_END_PIECE_BYTES
 
 
 @dataclass
@@ -125,6 +126,29 @@ class FeatureExtractor(nn.Module):
         )
 
     def forward(self, sig: Tensor, contexts: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+        piece = self.piece_samples(sig)
+        if piece is None:
+            return self._layers(sig, contexts)
+        outs = []
+        for start in range(0, sig.shape[1], piece):
+            out, contexts = self._layers(sig[:, start : start + piece], contexts)
+            outs.append(out)
+        return torch.cat(outs, dim=1), contexts
+
+    def piece_samples(self, sig: Tensor) -> int | None:
+        """The piece length (whole frames) in which a causal front end takes `sig (B, N)`, or None for
+        the whole of it (see `tuning.FRONT_END_PIECE_BYTES`)."""
+        first = self.layers[0]
+        if not first.causal or not FRONT_END_PIECE_BYTES.admits(0, sig):
+            return None
+        stride, channels = first.conv.stride[0], first.conv.out_channels
+        bytes_per_sample = sig.shape[0] * channels * sig.element_size() / stride
+        if sig.shape[1] * bytes_per_sample <= 3 * FRONT_END_PIECE_BYTES.limit:
+            return None
+        hop = math.prod(layer.conv.stride[0] for layer in self.layers)
+        return max(1, int(FRONT_END_PIECE_BYTES.limit / bytes_per_sample) // hop) * hop
+
+    def _layers(self, sig: Tensor, contexts: list[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
         x, new = sig[:, :, None], []
         for i, layer in enumerate(self.layers):
             x, ctx = layer(x, contexts[i] if contexts else None)

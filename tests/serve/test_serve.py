@@ -454,6 +454,41 @@ def test_prompts_arriving_together_are_read_and_stepped_as_one_batch(lm, wav):
             assert a.shape == b.shape == (CHUNK,) and np.abs(a - b).max() < 1e-4  # each its own continuation
 
 
+def test_a_prompt_waits_for_sessions_still_sending_theirs_at_most_gather_s(lm, wav):
+    """While another session is sending its prompt, a queued prompt waits for it and both are read in one
+    job; a session that keeps sending holds the queue for `gather_s` only."""
+    import asyncio
+    import time
+
+    from wavslm.serve.engine import Settings, decode_file
+
+    engine = create_app(lm).state.engine
+    engine.gather_s = 0.3
+    jobs, read = [], engine._open_all
+    engine._open_all = lambda requests: (jobs.append((len(requests), time.monotonic())), read(requests))[1]
+
+    async def scenario():
+        sig, sr = decode_file(wav, engine.limits)
+        settings = Settings(seconds=0.08, seed=1)
+        with engine.uploading() as first, engine.uploading() as second:
+            queued = time.monotonic()
+            one = asyncio.ensure_future(engine.open(sig, sr, settings, first))
+            await asyncio.sleep(0.1)  # the second session is still sending: nothing is read yet
+            assert jobs == []
+            two = asyncio.ensure_future(engine.open(sig, sr, settings, second))  # the last one: the queue goes
+            gens = await asyncio.gather(one, two)
+        assert [n for n, _ in jobs] == [2] and jobs[0][1] - queued < 0.3
+        with engine.uploading():  # a session that never sends its prompt
+            queued = time.monotonic()
+            gens.append(await engine.open(sig, sr, settings))
+        assert [n for n, _ in jobs] == [2, 1] and 0.25 < jobs[1][1] - queued < 5
+        for gen in gens:
+            await engine.call(engine.close, gen)
+
+    asyncio.run(scenario())
+    assert engine._uploading == 0 and engine._open_timer is None
+
+
 def test_prompts_are_read_with_the_prompt_threads_and_steps_with_the_process_setting(lm, wav):
     import asyncio
 

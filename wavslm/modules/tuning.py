@@ -50,6 +50,17 @@ POSITIONAL_CONV_ROWS = Tuned(32)
 # channels-last (the same sums up to float32 rounding: 3e-6 at most). `limit` counts nothing: any size.
 CHANNELS_LAST_FRONT_END = Tuned(2**62)
 
+# `wavlm.FeatureExtractor` (causal): when the first conv layer's output would exceed 3 x `limit` bytes,
+# the input goes through the front end in pieces of about `limit` bytes of that output each, carrying
+# each layer's causal context (the streaming path: the same sums, bitwise here), so that the seven
+# layers' outputs stay in cache and no large buffer is allocated, faulted in and freed per layer.
+# Measured (`python bench/front_end.py`: the front end alone, best of 5, 2 threads, Intel Xeon):
+# the tiny codec's (128 channels), 8 prompts of 3 s, 105 ms whole and 50 ms in 0.6-s pieces (8 MiB);
+# 16 prompts 216 and 104 ms; WavLM-Large's (512 channels), 4 prompts of 3 s, 347 and 279-302 ms.
+# Below 3 x the limit the whole input was as fast or faster (one 3-s prompt at 512 channels: 66 ms
+# whole, 75 ms in pieces).
+FRONT_END_PIECE_BYTES = Tuned(8 * 2**20)
+
 # `attention.MultiHeadAttention` (not training): at most this many queries per call attend through two
 # matmuls and a softmax instead of `F.scaled_dot_product_attention`. Measured: streaming steps (4 queries
 # a row, 16 at batch 4), where the fused CPU kernel was the slower; the figure was not recorded apart

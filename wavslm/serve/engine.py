@@ -8,7 +8,9 @@ Concurrency: every model call runs on one model thread, in the order asked. PyTo
 from two threads at once (no oversubscription of its intra-op pool, predictable step latency), and one
 thread allocates from one malloc arena, so the memory of finished sessions is reused instead of
 stranded in per-thread arenas. Prompts that arrive while the thread is busy are read together
-(`generation.open_sessions`: one batch per prompt length). Every generating session is a member of one
+(`generation.open_sessions`: one batch per prompt length), and a prompt that arrives while other
+sessions are still sending theirs waits for them, `gather_s` at most, so that prompts sent together are
+read in one batch rather than the first alone and the rest behind it. Every generating session is a member of one
 `LiveBatch`, stepped as a whole: one step job advances all of them by 80 ms with no copy of their
 caches, then queues the next, so prompts and closes that arrived meanwhile are served between two
 steps. Each generation's chunks wait in its own queue until its client takes them.
@@ -45,6 +47,11 @@ log = logging.getLogger("wavslm.serve")
 # Rates outside this range are either a corrupt header or nothing a microphone produces; soxr would
 # spend a long time (or fail) on absurd ratios.
 MIN_RATE, MAX_RATE = 4_000, 384_000
+
+# How long a queued prompt waits for sessions still sending theirs. Measured (`bench/serve_load.py
+# --sessions 8`, 2-core Intel Xeon): 8 prompts sent at once arrive within ~30 ms; read as the first alone
+# and 7 behind it, the first waited 87 ms for its own reading and the others behind it.
+GATHER_S = 0.05
 
 
 class ServeError(Exception):
@@ -195,6 +202,10 @@ class Engine:
         # Prompts waiting to be read, taken together by the next `_open_queued` job.
         self._opening: list[tuple[tuple, asyncio.Future]] = []
         self._open_lock = threading.Lock()
+        # Event loop only: sessions sending their prompt, and the timer of queued prompts waiting for them.
+        self.gather_s = GATHER_S
+        self._uploading = 0
+        self._open_timer: asyncio.TimerHandle | None = None
         # Model thread only: the batch, its generations by session, and generations waiting to join it.
         self.batch = LiveBatch(lm)
         self._members: dict[int, Generation] = {}
@@ -234,18 +245,47 @@ class Engine:
 
     # ---- opening: prompts read together --------------------------------------------------------------
 
-    async def open(self, sig: torch.Tensor, sample_rate: int, settings: Settings) -> Generation:
+    @contextmanager
+    def uploading(self):
+        """On the event loop, from a session's connection until its prompt is queued: yields an `Upload`
+        to hand to `open`. While any session is in such a block, a queued prompt waits for it (`gather_s`
+        at most)."""
+        upload = Upload(self)
+        self._uploading += 1
+        try:
+            yield upload
+        finally:
+            upload.done()
+
+    def _upload_done(self) -> None:
+        self._uploading -= 1
+        if not self._uploading and self._open_timer is not None:
+            self._submit_opening()
+
+    async def open(self, sig: torch.Tensor, sample_rate: int, settings: Settings, upload: Upload | None = None
+                   ) -> Generation:
         """Read the prompt `sig (1, N)` and start its continuation, together with every prompt that arrives
-        while the model thread is busy; its chunks then come from `step`."""
+        while the model thread is busy or while the queue waits for sessions still sending theirs (see
+        `uploading`; `upload`: this session's, which ends here); its chunks then come from `step`."""
         self.check_seconds(settings.seconds)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._open_lock:
             self._opening.append(((sig, sample_rate, settings, loop), future))
             first = len(self._opening) == 1
-        if first:
-            self.model_thread.submit(self._open_queued)
+        if upload is not None:
+            upload.done()  # after queueing: if it was the last one sending, the queue goes now, with it
+        if first and self._uploading and self.gather_s > 0:
+            self._open_timer = loop.call_later(self.gather_s, self._submit_opening)
+        elif first:
+            self._submit_opening()
         return await future
+
+    def _submit_opening(self) -> None:
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+            self._open_timer = None
+        self.model_thread.submit(self._open_queued)
 
     def _open_queued(self) -> None:
         """On the model thread: read every queued prompt, then let the new generations join the batch."""
@@ -360,6 +400,18 @@ class Engine:
 
     def shutdown(self) -> None:
         self.model_thread.shutdown(wait=False, cancel_futures=True)
+
+
+class Upload:
+    """One session's prompt upload, counted by its engine until `done` (once, whatever calls it)."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.finished = engine, False
+
+    def done(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.engine._upload_done()
 
 
 class Generation:

@@ -19,6 +19,7 @@ from .engine import (
     Generation,
     ServeError,
     StartMessage,
+    Upload,
     check_prompt_length,
     check_upload_size,
     decode_file,
@@ -47,7 +48,10 @@ async def websocket_session(ws: WebSocket, engine: Engine) -> None:
         await _refuse(ws, err)
         return
     try:
-        await _session(ws, engine)
+        # From its connection to its prompt's queueing, a session counts as sending one: prompts queued
+        # meanwhile wait a moment for it (`Engine.uploading`).
+        with engine.uploading() as upload:
+            await _session(ws, engine, upload)
     except ServeError as err:
         await _refuse(ws, err)
     except (_Gone, WebSocketDisconnect):
@@ -92,7 +96,7 @@ def _parse(text: str) -> dict:
     return message
 
 
-async def _session(ws: WebSocket, engine: Engine) -> None:
+async def _session(ws: WebSocket, engine: Engine, upload: Upload) -> None:
     loop, limits = asyncio.get_running_loop(), engine.limits
     deadline = loop.time() + limits.session_timeout
     message = await _receive(ws, limits, deadline)
@@ -128,7 +132,7 @@ async def _session(ws: WebSocket, engine: Engine) -> None:
     else:
         sig, sr = await asyncio.to_thread(decode_file, bytes(prompt), limits)
     del prompt
-    gen = await engine.open(sig, sr, start)
+    gen = await engine.open(sig, sr, start, upload)
     try:
         await _stream(ws, engine, gen, start.output_format, deadline)
     finally:
