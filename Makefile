@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[eval,instruments,serve,dev]'
+	$(BIN)/pip install --quiet -e '.[eval,instruments,serve,onnx,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -340,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
         "generation": (".eval.generation_eval", "Continue 3 s prompts: DNSMOS, speaker similarity, intelligibility."),
     })
 
+    group("export", "Export a model for other runtimes.", {
+        "onnx": (".onnx_export", "The codec's encoder and decoder as ONNX graphs with a dynamic batch and length, "
+                 "run by ONNX Runtime without PyTorch."),
+    }, device=False)
+
     p = verb("serve", serve.run, "Serve the page, a WebSocket stream and an HTTP API of continuations (127.0.0.1:8998).")
     serve.configure(p)
 

@@ -178,8 +178,10 @@ class MultiHeadAttention(nn.Module):
         attn_bias = self.gate(x) * bias
         if mask is not None:
             attn_bias = attn_bias.masked_fill(~mask, float("-inf"))
-        if not self.training and ATTENTION_QUERIES.admits(T, x):
-            # A streaming step on a CPU: plain matmuls beat the fused kernel for a handful of queries.
+        if not self.training and (ATTENTION_QUERIES.admits(T, x) or torch.compiler.is_exporting()):
+            # A streaming step on a CPU: plain matmuls beat the fused kernel for a handful of queries. An
+            # exported graph takes them too: the ONNX exporter's decomposition of the fused CPU kernel
+            # gives its output other strides than the traced ones, and the graph fails to convert.
             weights = (q @ k.transpose(-1, -2)).mul_(self.head_dim**-0.5).add_(attn_bias).softmax(dim=-1)
             out = weights.to(v.dtype) @ v
         else:

@@ -273,7 +273,8 @@ class TransformerEncoder(nn.Module):
             first = caches[0].first_kept(keep_from) if caches else start
             k_pos = torch.arange(first, start + T, device=x.device)
             mask = chunk_mask(q_pos, k_pos, C, W)
-            mask = None if bool(mask.all()) else mask
+            # (an exported graph keeps the mask: its shapes, not its values, are fixed when tracing)
+            mask = None if not torch.compiler.is_exporting() and bool(mask.all()) else mask
         else:
             k_pos, mask = q_pos, None
         if state is not None:

@@ -13,6 +13,7 @@ at paper size (WavLM-Large width: 1024 channels, FFN 4096).
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -24,8 +25,9 @@ class Tuned:
     device: str = "cpu"
 
     def admits(self, size: int, x: Tensor) -> bool:
-        """Whether an input `x` of this `size` (rows, frames or queries, as the caller counts them) takes it."""
-        return x.device.type == self.device and size <= self.limit
+        """Whether an input `x` of this `size` (rows, frames or queries, as the caller counts them) takes it.
+        Never while a graph is exported: its sizes are symbols, and the graph must hold for every size."""
+        return not torch.compiler.is_exporting() and x.device.type == self.device and size <= self.limit
 
 
 # `linear.linear`: a float32 product with at most this many rows is computed as `W @ x^T` instead of

@@ -1,0 +1,131 @@
+"""`wavslm export onnx`: the codec's graphs and the LM's step, run by ONNX Runtime, against PyTorch."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import REFERENCE, SPEECH
+
+from wavslm import WavSLM
+from wavslm.cli import main
+from wavslm.codec import Codec
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _export(ref, folder) -> dict:
+    args = ["export", "onnx", "-o", str(folder)] + ([str(ref)] if ref is not None else [])
+    assert main(args) == 0
+    return {path.stem: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            for path in folder.glob("*.onnx")}
+
+
+def _speech(seconds: float, batch: int) -> torch.Tensor:
+    """`batch` real utterances cut to `seconds` (16 kHz)."""
+    clips = [c for c in sorted(SPEECH.glob("librispeech-dev-clean/**/*.wav")) if sf.info(c).duration >= seconds]
+    return torch.stack([torch.from_numpy(sf.read(c, dtype="float32")[0][: round(seconds * 16000)])
+                        for c in clips[:batch]])
+
+
+@pytest.fixture(scope="module")
+def fixture_graphs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx") / "wavslm"
+    return folder, _export(REFERENCE / "wavslm_tiny", folder)
+
+
+@pytest.mark.parametrize("batch,seconds", [(1, 0.08), (1, 0.19), (2, 1.0), (3, 2.0)])
+def test_fixture_codec_graphs_equal_pytorch(fixture_graphs, batch, seconds):
+    """Any batch and length, also one chunk and lengths that end mid-chunk: the same tokens, and the
+    decoded audio within 1e-4."""
+    _, graphs = fixture_graphs
+    codec = Codec.from_pretrained(REFERENCE / "codec_tiny_causal")
+    sig = _speech(seconds, batch)
+    toks = codec.encode(sig)
+    (onnx_toks,) = graphs["codec_encode"].run(None, {"sig": sig.numpy()})
+    assert onnx_toks.dtype == np.int64 and np.array_equal(onnx_toks, toks.numpy())
+    (audio,) = graphs["codec_decode"].run(None, {"toks": toks.numpy()})
+    expected = codec.decode(toks).numpy()
+    assert audio.shape == expected.shape and np.abs(audio - expected).max() < 1e-4
+
+
+def test_export_records_the_codec_and_the_versions(fixture_graphs):
+    folder, _ = fixture_graphs
+    meta = json.loads((folder / "export.json").read_text())
+    codec = Codec.from_pretrained(REFERENCE / "codec_tiny_causal")
+    assert meta["codec"]["vocab_size"] == codec.vocab_size and meta["codec"]["frame_rate"] == codec.frame_rate
+    assert meta["opset"] == 18 and {"torch", "onnx", "onnxscript", "wavslm"} <= set(meta["versions"])
+    assert meta["graphs"]["codec_encode"] == {"file": "codec_encode.onnx", "inputs": ["sig"], "outputs": ["toks"]}
+    assert meta["lm"]["chunk"] == 4 and meta["lm"]["window"] == 16
+    assert sorted(p.name for p in folder.iterdir()) == ["codec_decode.onnx", "codec_encode.onnx", "export.json",
+                                                          "lm_step.onnx"]
+
+
+def _run_steps(session, qfeats, pos, keys, values, chunk):
+    outs = []
+    for t in range(0, qfeats.shape[1], chunk):
+        logits, keys, values = session.run(None, {"qfeats": qfeats[:, t : t + chunk].numpy(), "pos": pos,
+                                                  "keys": keys, "values": values})
+        pos = pos + chunk
+        outs.append(logits)
+    return np.concatenate(outs, axis=1), pos, keys, values
+
+
+def test_lm_step_graph_continues_like_pytorch_past_the_window(fixture_graphs):
+    """30 chunks, one at a time through the step graph (the window is 4 chunks), give the logits of
+    PyTorch's LM over the whole sequence; and a batch whose rows stand at different positions gives each
+    row what it gets alone."""
+    from wavslm.onnx_export import LMStep
+
+    _, graphs = fixture_graphs
+    lm = WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")
+    codec, step = lm.require_codec(), LMStep(lm)
+    toks = torch.randint(0, codec.vocab_size, (2, 120), generator=torch.Generator().manual_seed(0))
+    qfeats = codec.dequantize(toks)
+    with torch.no_grad():
+        expected = lm(qfeats)[0].numpy()
+    pos, keys, values = (t.numpy() for t in step.empty_state(2))
+    logits, *_ = _run_steps(graphs["lm_step"], qfeats, pos, keys, values, 4)
+    assert np.abs(logits - expected).max() < 1e-4
+
+    # row 0 reads 3 chunks alone, then steps beside row 1, which starts from nothing
+    pos, keys, values = (t.numpy() for t in step.empty_state(1))
+    _, pos, keys, values = _run_steps(graphs["lm_step"], qfeats[:1, :12], pos, keys, values, 4)
+    pos1, keys1, values1 = (t.numpy() for t in step.empty_state(1))
+    both = (np.concatenate([pos, pos1]), np.concatenate([keys, keys1], axis=1), np.concatenate([values, values1], axis=1))
+    rows = torch.stack([qfeats[0, 12:72], qfeats[1, :60]])
+    logits, *_ = _run_steps(graphs["lm_step"], rows, *both, 4)
+    assert np.abs(logits[0] - expected[0, 12:72]).max() < 1e-4
+    assert np.abs(logits[1] - expected[1, :60]).max() < 1e-4
+
+
+def test_a_codec_alone_exports_its_two_graphs(tmp_path):
+    graphs = _export(REFERENCE / "codec_tiny_causal", tmp_path / "codec")
+    assert sorted(graphs) == ["codec_decode", "codec_encode"]
+
+
+@pytest.mark.slow
+def test_bundled_codec_graphs_equal_pytorch(tmp_path):
+    """The bundled codec (harmonic-plus-noise decoder): the same tokens, and audio within 1e-3 (peaks
+    ~0.45). Its oscillator integrates the predicted F0 into the phase, which amplifies float32 rounding:
+    in PyTorch alone, its input features times (1 + 1e-7 noise) move the audio by 4e-5 over 1 s and
+    6e-5 over 3 s; ONNX Runtime's other summation order, through every layer, by 1.4e-4 over 1 s."""
+    from wavslm.pretrained import load_codec
+
+    graphs = _export(None, tmp_path / "bundled")
+    codec = load_codec(None)
+    for seconds in (1.0, 3.0):
+        sig = _speech(seconds, 2)
+        toks = codec.encode(sig)
+        (onnx_toks,) = graphs["codec_encode"].run(None, {"sig": sig.numpy()})
+        assert np.array_equal(onnx_toks, toks.numpy())
+        (audio,) = graphs["codec_decode"].run(None, {"toks": toks.numpy()})
+        assert np.abs(audio - codec.decode(toks).numpy()).max() < 1e-3
+
+
+def test_a_model_that_does_not_exist_is_one_clear_error(tmp_path, capsys):
+    assert main(["export", "onnx", str(tmp_path / "nothing"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wavslm export: error:") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

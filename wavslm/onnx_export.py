@@ -1,0 +1,200 @@
+"""`wavslm export onnx`: a WavSLM's codec and its next-chunk step as ONNX graphs that ONNX Runtime runs
+without PyTorch.
+
+The codec's two graphs, each with a dynamic batch and length:
+
+- `codec_encode.onnx`: `sig (batch, samples)` float32 at the codec's input rate -> `toks (batch, frames)`
+  int64, `frames = (samples - 1) // hop + 1`;
+- `codec_decode.onnx`: `toks (batch, frames)` int64 -> `sig (batch, frames * output hop)` float32 at the
+  output rate.
+
+They compute `Codec.encode` and `Codec.decode` of a whole signal: a causal codec's streaming state does not
+cross the graph's boundary, so each call starts from silence as `encode` and `decode` do. The encoder's
+attention is taken over the whole input with the causal chunk mask (PyTorch's `encode` reads a long input
+in pieces with a key/value cache: the same result, with memory linear in the length), so the exported
+encoder's memory grows with the square of the length: give it utterances, not hours. `export.json`
+beside the graphs records the codec's rates and vocabulary, the opset and the versions that made them.
+
+A WavSLM adds `lm_step.onnx` (`LMStep`): one chunk of features in, its logits out, with the key/value
+state as inputs and outputs and a position per row (dynamic batch), so rows at different positions step
+together. Its features come from the codec's decompressor (`Codec.dequantize`), which is not exported as
+a streaming graph yet; nor is the waveform decoder's stream.
+"""
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .codec import Codec
+from .errors import InputError
+from .io import write_folder
+
+OPSET = 18
+CODEC_GRAPHS = ("codec_encode", "codec_decode")
+
+
+class CodecEncode(nn.Module):
+    """`sig (B, N) -> toks (B, T)`: `Codec.encode` of a whole signal as one traceable graph."""
+
+    def __init__(self, codec: Codec):
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, sig: Tensor) -> Tensor:
+        encoder = self.codec.encoder
+        feats, _ = encoder.extract(sig)
+        feats, _ = encoder.encoder(encoder.feature_proj(feats), use_cache=False)
+        lats, _ = self.codec.compressor(feats)
+        return self.codec.quantizer.lats_to_toks(lats)
+
+
+class CodecDecode(nn.Module):
+    """`toks (B, T) -> sig (B, T * hop)`: `Codec.decode` of a whole token sequence as one traceable graph."""
+
+    def __init__(self, codec: Codec):
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, toks: Tensor) -> Tensor:
+        qfeats, _ = self.codec.decompressor(self.codec.quantizer.toks_to_codes(toks))
+        sig, _ = self.codec.decoder(qfeats)
+        return sig
+
+
+class SlidingKV:
+    """A layer's last `window` keys and values as plain tensors `(B, H, window, Dh)`: `append` drops the
+    oldest `T` and adds the new ones (what `MultiHeadAttention` calls on its cache)."""
+
+    def __init__(self, k: Tensor, v: Tensor):
+        self.k, self.v = k, v
+
+    def append(self, k: Tensor, v: Tensor, keep_from: int) -> tuple[Tensor, Tensor]:
+        T = k.shape[2]
+        self.k = torch.cat([self.k[:, :, T:], k], dim=2)
+        self.v = torch.cat([self.v[:, :, T:], v], dim=2)
+        return self.k, self.v
+
+
+class LMStep(nn.Module):
+    """One next-chunk step of a WavSLM with its whole state as tensors, for a graph:
+    `(qfeats (B, C, D), pos (B,), keys, values) -> (logits (B, C, V), keys', values')`, where `C` is the
+    LM's chunk, `pos` each row's position (a multiple of `C`: steps read whole chunks), and `keys` /
+    `values` `(layers, B, heads, window, Dh)` every layer's last `window` keys and values (zeros, and
+    masked, before position 0).
+
+    Causal attention sees the query's chunk and `window` keys back, so the keys a chunk attends are
+    exactly the buffer after the chunk's own are appended, and their distances to the queries do not
+    depend on `pos`: the relative position bias is one constant `(heads, C, window)`.
+    """
+
+    def __init__(self, lm):
+        super().__init__()
+        from .modules.attention import position_bias
+
+        enc = lm.encoder
+        if hasattr(enc, "positional_embedding"):
+            raise InputError("a WavSLM with a convolutional position embedding cannot be exported as a step yet")
+        self.lm, self.chunk, self.window = lm, enc.chunk_size, enc.window_size
+        C, W = self.chunk, self.window
+        with torch.no_grad():  # queries at W - C .. W - 1, keys at 0 .. W - 1: the distances of every step
+            bias = position_bias(enc.relative_embedding, torch.arange(W - C, W), torch.arange(W), enc.max_distance)
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, qfeats: Tensor, pos: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        enc, C, W = self.lm.encoder, self.chunk, self.window
+        x = qfeats.to(enc.layers[0].attention_norm.weight.dtype)
+        k_pos = pos[:, None] + (C - W) + torch.arange(W, device=x.device)  # (B, W), after this chunk's
+        mask = (k_pos >= 0)[:, None, None, :].expand(-1, 1, C, -1)  # (B, 1, C, W)
+        new_keys, new_values = [], []
+        for i, layer in enumerate(enc.layers):
+            cache = SlidingKV(keys[i], values[i])
+            x = layer(x, self.bias.to(x.dtype), mask, cache, 0)
+            new_keys.append(cache.k)
+            new_values.append(cache.v)
+        if hasattr(enc, "norm"):
+            x = enc.norm(x)
+        return self.lm.logits(x), torch.stack(new_keys), torch.stack(new_values)
+
+    def empty_state(self, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """`(pos, keys, values)` before the first chunk."""
+        enc = self.lm.encoder
+        shape = (len(enc.layers), batch, enc.num_heads, self.window, enc.head_dim)
+        return torch.zeros(batch, dtype=torch.long), torch.zeros(shape), torch.zeros(shape)
+
+
+def export_onnx(model, folder: str | Path, opset: int = OPSET) -> list[str]:
+    """Write the graphs of `model` (a `WavSLM` with its codec, or a `Codec`) and `export.json` into
+    `folder` (replaced whole, or left as it was on an error); returns the graphs' names."""
+    try:
+        import onnx
+        import onnxscript
+    except ImportError as err:
+        raise InputError(f"ONNX export needs the 'onnx' extra ({err.name} is missing): pip install 'wavslm[onnx]'") from err
+    from . import __version__
+
+    lm = None if isinstance(model, Codec) else model.cpu().float().eval()
+    codec = model if lm is None else lm.require_codec()
+    codec = codec.cpu().float().eval()
+    seconds = 2  # the examples' length; the graphs take any
+    sig = 0.1 * torch.randn(2, seconds * codec.sample_rate_input, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        toks = codec.encode(sig)
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    graphs = {"codec_encode": (CodecEncode(codec).eval(), (sig,), ["sig"], ["toks"], ({0: batch, 1: length},)),
+              "codec_decode": (CodecDecode(codec).eval(), (toks,), ["toks"], ["sig"], ({0: batch, 1: length},))}
+    meta = {"codec": {"sample_rate_input": codec.sample_rate_input, "sample_rate_output": codec.sample_rate_output,
+                      "frame_rate": codec.frame_rate, "vocab_size": codec.vocab_size, "causal": codec.causal}}
+    if lm is not None:
+        step = LMStep(lm).eval()
+        with torch.no_grad():
+            qfeats = codec.dequantize(toks[:, : step.chunk])
+        graphs["lm_step"] = (step, (qfeats, *step.empty_state(2)), ["qfeats", "pos", "keys", "values"],
+                             ["logits", "keys_out", "values_out"], ({0: batch}, {0: batch}, {1: batch}, {1: batch}))
+        enc = lm.encoder
+        meta["lm"] = {"chunk": step.chunk, "window": step.window, "layers": len(enc.layers), "heads": enc.num_heads,
+                      "head_dim": enc.head_dim, "feature_dim": qfeats.shape[-1], "vocab_size": lm.config.vocab_size}
+    with write_folder(folder) as tmp, torch.no_grad():
+        for name, (module, args, inputs, outputs, dynamic) in graphs.items():
+            torch.onnx.export(module, args, tmp / f"{name}.onnx", dynamo=True, opset_version=opset,
+                              input_names=inputs, output_names=outputs, dynamic_shapes=dynamic,
+                              external_data=False, verbose=False)
+        meta = {"graphs": {name: {"file": f"{name}.onnx", "inputs": g[2], "outputs": g[3]} for name, g in graphs.items()},
+                **meta, "opset": opset,
+                "versions": {"wavslm": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                             "onnxscript": onnxscript.__version__, "python": platform.python_version()}}
+        (tmp / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return list(graphs)
+
+
+def load_model(ref: str | None):
+    """`ref` as a WavSLM with its codec, or else as a codec (folder, .json or Hub id; None: the bundled WavSLM)."""
+    from .pretrained import load_codec, load_lm
+
+    try:
+        return load_lm(ref)
+    except InputError as lm_error:
+        if ref is None:
+            raise
+        try:
+            return load_codec(ref)
+        except InputError:
+            raise lm_error from None
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the arguments of `wavslm export onnx` (the caller adds --device)."""
+    parser.add_argument("model", nargs="?", help="WavSLM or codec folder, .json or Hub id (default: the bundled model)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the graphs and export.json")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    names = export_onnx(load_model(args.model), args.output, args.opset)
+    sizes = ", ".join(f"{name}.onnx {(args.output / f'{name}.onnx').stat().st_size / 2**20:.1f} MiB" for name in names)
+    print(f"{args.output}: {sizes}, export.json (opset {args.opset}); run them with onnxruntime")
