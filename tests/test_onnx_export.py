@@ -58,8 +58,8 @@ def test_export_records_the_codec_and_the_versions(fixture_graphs):
     assert meta["opset"] == 18 and {"torch", "onnx", "onnxscript", "wavslm"} <= set(meta["versions"])
     assert meta["graphs"]["codec_encode"] == {"file": "codec_encode.onnx", "inputs": ["sig"], "outputs": ["toks"]}
     assert meta["lm"]["chunk"] == 4 and meta["lm"]["window"] == 16
-    assert sorted(p.name for p in folder.iterdir()) == ["codec_decode.onnx", "codec_encode.onnx", "export.json",
-                                                          "lm_step.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["codec_decode.onnx", "codec_encode.onnx",
+                                                          "dequantize_step.onnx", "export.json", "lm_step.onnx"]
 
 
 def _run_steps(session, qfeats, pos, keys, values, chunk):
@@ -98,6 +98,41 @@ def test_lm_step_graph_continues_like_pytorch_past_the_window(fixture_graphs):
     logits, *_ = _run_steps(graphs["lm_step"], rows, *both, 4)
     assert np.abs(logits[0] - expected[0, 12:72]).max() < 1e-4
     assert np.abs(logits[1] - expected[1, :60]).max() < 1e-4
+
+
+def test_dequantize_step_graph_continues_the_decompressors_stream(fixture_graphs):
+    """Chunk after chunk through the step graph (the first from a fresh stream), the features of
+    `Codec.dequantize` over the whole sequence; a row marked first restarts while the other continues."""
+    _, graphs = fixture_graphs
+    codec = Codec.from_pretrained(REFERENCE / "codec_tiny_causal")
+    toks = torch.randint(0, codec.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    expected = codec.dequantize(toks).numpy()
+    contexts = [np.zeros((2, *s), np.float32) for s in json.loads((fixture_graphs[0] / "export.json").read_text())
+                ["dequantize"]["context_shapes"]]
+    first, parts = np.ones(2, bool), []
+    for t in range(0, 40, 4):
+        qfeats, *contexts = graphs["dequantize_step"].run(None, {"toks": toks[:, t : t + 4].numpy(), "first": first,
+                                                                 **{f"context_{i}": c for i, c in enumerate(contexts)}})
+        first = np.array([False, t + 4 == 20])  # row 1 starts again at token 20
+        parts.append(qfeats)
+    got = np.concatenate(parts, axis=1)
+    assert np.abs(got[0] - expected[0]).max() < 1e-5
+    assert np.abs(got[1, 20:] - codec.dequantize(toks[1:, 20:]).numpy()[0]).max() < 1e-5
+
+
+@pytest.mark.parametrize("sampling", [{"top_k": 1}, {"top_p": 0.8, "temp": 1.0, "seed": 5}, {"top_p": 0.3, "seed": 1}])
+def test_generation_on_onnx_runtime_gives_pytorchs_tokens(fixture_graphs, sampling):
+    """Prompts of different lengths continued for 20 steps by `OnnxWavSLM` (graphs only, sampling with
+    the same seeded generators): the tokens of `generate_steps`, greedy and sampled."""
+    from wavslm.generation import generate_steps
+    from wavslm.onnx_runtime import OnnxWavSLM
+
+    folder, _ = fixture_graphs
+    lm = WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 64, (24,), generator=g), torch.randint(0, 64, (40,), generator=g)]
+    expected = torch.cat([toks for toks, _ in generate_steps(lm, prompts, 20, **sampling)], dim=1)
+    assert torch.equal(OnnxWavSLM(folder).generate_tokens(prompts, 20, **sampling), expected)
 
 
 def test_a_codec_alone_exports_its_two_graphs(tmp_path):

@@ -15,10 +15,11 @@ in pieces with a key/value cache: the same result, with memory linear in the len
 encoder's memory grows with the square of the length: give it utterances, not hours. `export.json`
 beside the graphs records the codec's rates and vocabulary, the opset and the versions that made them.
 
-A WavSLM adds `lm_step.onnx` (`LMStep`): one chunk of features in, its logits out, with the key/value
-state as inputs and outputs and a position per row (dynamic batch), so rows at different positions step
-together. Its features come from the codec's decompressor (`Codec.dequantize`), which is not exported as
-a streaming graph yet; nor is the waveform decoder's stream.
+A WavSLM adds two step graphs, each with its state as inputs and outputs and a dynamic batch:
+`dequantize_step.onnx` (`DequantizeStep`: one chunk of tokens to the features the LM reads, the
+decompressor's stream) and `lm_step.onnx` (`LMStep`: one chunk of features in, its logits out, the
+key/value window and a position per row, so rows at different positions step together).
+`onnx_runtime.OnnxWavSLM` generates tokens with them. The waveform decoder's stream is not a graph yet.
 """
 
 import argparse
@@ -77,6 +78,48 @@ class SlidingKV:
         self.k = torch.cat([self.k[:, :, T:], k], dim=2)
         self.v = torch.cat([self.v[:, :, T:], v], dim=2)
         return self.k, self.v
+
+
+class DequantizeStep(nn.Module):
+    """One chunk of tokens through a causal codec's decompressor with its state as tensors, for a graph:
+    `(toks (B, C), first (B,) bool, *contexts) -> (qfeats (B, C, D), *contexts')`: `CodecStream.dequantize`.
+
+    `contexts` are the decompressor's convolution contexts, flattened (`context_shapes` gives each one's
+    `(channels, frames)`). A fresh stream pads its convolutions with copies of its first frame, which no
+    caller can supply: rows with `first` set are computed as a fresh stream (their `contexts` are ignored,
+    zeros will do), the others continue theirs.
+    """
+
+    def __init__(self, codec: Codec):
+        super().__init__()
+        if not codec.causal:
+            raise InputError("only a causal codec streams; this one is not causal")
+        self.codec = codec
+        with torch.no_grad():
+            _, state = codec.decompressor(codec.quantizer.toks_to_codes(torch.zeros(1, 4, dtype=torch.long)))
+        self.layout = [len(layer) for layer in state.contexts]
+        self.context_shapes = [tuple(c.shape[1:]) for layer in state.contexts for c in layer]
+
+    def _nest(self, flat: list[Tensor]) -> tuple[tuple[Tensor, ...], ...]:
+        out, i = [], 0
+        for n in self.layout:
+            out.append(tuple(flat[i : i + n]))
+            i += n
+        return tuple(out)
+
+    def forward(self, toks: Tensor, first: Tensor, *contexts: Tensor) -> tuple[Tensor, ...]:
+        from .modules.focal import FocalDecompressorState
+
+        codes = self.codec.quantizer.toks_to_codes(toks)
+        going, going_state = self.codec.decompressor(codes, FocalDecompressorState(self._nest(list(contexts)), 0))
+        fresh, fresh_state = self.codec.decompressor(codes)
+        pick = first[:, None, None]
+        new = [torch.where(pick, f, g) for layer_f, layer_g in zip(fresh_state.contexts, going_state.contexts, strict=True)
+               for f, g in zip(layer_f, layer_g, strict=True)]
+        return (torch.where(pick, fresh, going), *new)
+
+    def empty_state(self, batch: int) -> list[Tensor]:
+        return [torch.zeros(batch, *shape) for shape in self.context_shapes]
 
 
 class LMStep(nn.Module):
@@ -149,6 +192,13 @@ def export_onnx(model, folder: str | Path, opset: int = OPSET) -> list[str]:
     meta = {"codec": {"sample_rate_input": codec.sample_rate_input, "sample_rate_output": codec.sample_rate_output,
                       "frame_rate": codec.frame_rate, "vocab_size": codec.vocab_size, "causal": codec.causal}}
     if lm is not None:
+        dequantize = DequantizeStep(codec).eval()
+        n = len(dequantize.context_shapes)
+        graphs["dequantize_step"] = (
+            dequantize, (toks[:, :4], torch.ones(2, dtype=torch.bool), *dequantize.empty_state(2)),
+            ["toks", "first", *(f"context_{i}" for i in range(n))], ["qfeats", *(f"context_{i}_out" for i in range(n))],
+            ({0: batch}, {0: batch}, tuple({0: batch} for _ in range(n))))
+        meta["dequantize"] = {"context_shapes": [list(shape) for shape in dequantize.context_shapes]}
         step = LMStep(lm).eval()
         with torch.no_grad():
             qfeats = codec.dequantize(toks[:, : step.chunk])

@@ -1,0 +1,94 @@
+"""A WavSLM exported by `wavslm export onnx`, run by ONNX Runtime: prompts encoded, tokens generated.
+
+`OnnxWavSLM(folder)` opens the graphs that `export.json` lists. `generate_tokens` continues token prompts
+chunk by chunk through `dequantize_step` and `lm_step`, sampling with the same per-row seeded generators
+and functions as `generation.generate_steps`, so a seeded continuation gives the same tokens as PyTorch's
+(to within the float32 differences of the two runtimes, which can move a sample only at a near tie).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InputError
+from .generation.sampling import Sampling, row_generators, sample_rows
+
+
+class OnnxWavSLM:
+    """The graphs of an exported WavSLM folder, each an `onnxruntime.InferenceSession` on the CPU."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise InputError("running exported graphs needs onnxruntime: pip install 'wavslm[onnx]'") from err
+        folder = Path(folder)
+        if not (folder / "export.json").is_file():
+            raise InputError(f"'{folder}' has no export.json; make one with `wavslm export onnx MODEL -o {folder}`")
+        self.meta = json.loads((folder / "export.json").read_text())
+        if "lm" not in self.meta:
+            raise InputError(f"'{folder}' holds a codec only; generating needs a WavSLM's export")
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.sessions = {name: onnxruntime.InferenceSession(str(folder / g["file"]), options,
+                                                            providers=["CPUExecutionProvider"])
+                         for name, g in self.meta["graphs"].items()}
+        lm = self.meta["lm"]
+        self.chunk, self.window = lm["chunk"], lm["window"]
+        self.state_shape = (lm["layers"], lm["heads"], lm["window"], lm["head_dim"])
+        self.context_shapes = [tuple(s) for s in self.meta["dequantize"]["context_shapes"]]
+
+    def encode(self, sig: np.ndarray) -> np.ndarray:
+        """`sig (B, N)` float32 at the codec's input rate -> tokens `(B, T)` int64."""
+        return self.sessions["codec_encode"].run(None, {"sig": np.ascontiguousarray(sig, dtype=np.float32)})[0]
+
+    def _dequantize(self, toks: np.ndarray, first: np.ndarray, contexts: list[np.ndarray]):
+        feed = {"toks": toks, "first": first, **{f"context_{i}": c for i, c in enumerate(contexts)}}
+        qfeats, *contexts = self.sessions["dequantize_step"].run(None, feed)
+        return qfeats, contexts
+
+    def _lm(self, qfeats: np.ndarray, pos: np.ndarray, keys: np.ndarray, values: np.ndarray):
+        return self.sessions["lm_step"].run(None, {"qfeats": qfeats, "pos": pos, "keys": keys, "values": values})
+
+    def read(self, toks: np.ndarray):
+        """Read one prompt `(T,)` (whole chunks) chunk by chunk: the last chunk's logits and the state
+        `(pos, keys, values, contexts)`, each with a batch dimension of 1."""
+        C = self.chunk
+        if len(toks) == 0 or len(toks) % C:
+            raise InputError(f"a token prompt must be whole chunks of {C} tokens, got {len(toks)}")
+        layers, heads, window, head_dim = self.state_shape
+        keys = np.zeros((layers, 1, heads, window, head_dim), np.float32)
+        values = np.zeros_like(keys)
+        contexts = [np.zeros((1, *shape), np.float32) for shape in self.context_shapes]
+        pos, first = np.zeros(1, np.int64), np.ones(1, bool)
+        for start in range(0, len(toks), C):
+            qfeats, contexts = self._dequantize(toks[None, start : start + C].astype(np.int64), first, contexts)
+            logits, keys, values = self._lm(qfeats, pos, keys, values)
+            pos, first = pos + C, np.zeros(1, bool)
+        return logits, (pos, keys, values, contexts)
+
+    def generate_tokens(self, prompts: list[Tensor], steps: int, top_p: float | None = None,
+                        top_k: int | None = None, temp: float = 0.8, seed: int | None = None) -> Tensor:
+        """Continue token prompts (rows of whole chunks, any lengths) for `steps` steps: `(B, steps * C)`.
+        Row b samples with its own generator seeded `seed + b`, as `generate_steps` does."""
+        read = [self.read(np.asarray(row, dtype=np.int64)) for row in prompts]
+        logits = np.concatenate([r[0] for r in read])
+        pos = np.concatenate([r[1][0] for r in read])
+        keys = np.concatenate([r[1][1] for r in read], axis=1)
+        values = np.concatenate([r[1][2] for r in read], axis=1)
+        contexts = [np.concatenate([r[1][3][i] for r in read]) for i in range(len(self.context_shapes))]
+        samplings = [Sampling(temp, top_p, top_k)] * len(prompts)
+        generators = row_generators(len(prompts), seed, torch.device("cpu"))
+        first, out = np.zeros(len(prompts), bool), []
+        for step in range(steps):
+            toks = sample_rows(torch.from_numpy(logits), samplings, generators)
+            out.append(toks)
+            if step + 1 < steps:
+                qfeats, contexts = self._dequantize(toks.numpy(), first, contexts)
+                logits, keys, values = self._lm(qfeats, pos, keys, values)
+                pos = pos + self.chunk
+        return torch.cat(out, dim=1)
