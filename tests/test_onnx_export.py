@@ -59,7 +59,8 @@ def test_export_records_the_codec_and_the_versions(fixture_graphs):
     assert meta["graphs"]["codec_encode"] == {"file": "codec_encode.onnx", "inputs": ["sig"], "outputs": ["toks"]}
     assert meta["lm"]["chunk"] == 4 and meta["lm"]["window"] == 16
     assert sorted(p.name for p in folder.iterdir()) == ["codec_decode.onnx", "codec_encode.onnx",
-                                                          "dequantize_step.onnx", "export.json", "lm_step.onnx"]
+                                                          "dequantize_step.onnx", "export.json", "lm_step.onnx",
+                                                          "synthesize_step.onnx"]
 
 
 def _run_steps(session, qfeats, pos, keys, values, chunk):
@@ -123,7 +124,7 @@ def test_dequantize_step_graph_continues_the_decompressors_stream(fixture_graphs
 @pytest.mark.parametrize("sampling", [{"top_k": 1}, {"top_p": 0.8, "temp": 1.0, "seed": 5}, {"top_p": 0.3, "seed": 1}])
 def test_generation_on_onnx_runtime_gives_pytorchs_tokens(fixture_graphs, sampling):
     """Prompts of different lengths continued for 20 steps by `OnnxWavSLM` (graphs only, sampling with
-    the same seeded generators): the tokens of `generate_steps`, greedy and sampled."""
+    the same seeded generators): the tokens of `generate_steps`, greedy and sampled, and its audio."""
     from wavslm.generation import generate_steps
     from wavslm.onnx_runtime import OnnxWavSLM
 
@@ -131,8 +132,11 @@ def test_generation_on_onnx_runtime_gives_pytorchs_tokens(fixture_graphs, sampli
     lm = WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 64, (24,), generator=g), torch.randint(0, 64, (40,), generator=g)]
-    expected = torch.cat([toks for toks, _ in generate_steps(lm, prompts, 20, **sampling)], dim=1)
-    assert torch.equal(OnnxWavSLM(folder).generate_tokens(prompts, 20, **sampling), expected)
+    steps = list(generate_steps(lm, prompts, 20, **sampling))
+    toks, audio = OnnxWavSLM(folder).generate(prompts, 20, **sampling)
+    assert torch.equal(toks, torch.cat([t for t, _ in steps], dim=1))
+    expected = torch.cat([a for _, a in steps], dim=1)
+    assert audio.shape == expected.shape and (audio - expected).abs().max() < 1e-4
 
 
 def test_a_codec_alone_exports_its_two_graphs(tmp_path):

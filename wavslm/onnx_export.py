@@ -122,6 +122,38 @@ class DequantizeStep(nn.Module):
         return [torch.zeros(batch, *shape) for shape in self.context_shapes]
 
 
+class SynthesizeStep(nn.Module):
+    """One chunk of features through a causal codec's waveform decoder with its state as tensors, for a
+    graph: `(qfeats (B, C, D), first (B,) bool, *state) -> (sig (B, C * hop), *state')`:
+    `CodecStream.synthesize`. `state` is the decoder's state tree flattened (`state_shapes`, `state_dtypes`:
+    each leaf's shape without the batch, and dtype); rows with `first` set start a fresh stream, as in
+    `DequantizeStep`."""
+
+    def __init__(self, codec: Codec):
+        super().__init__()
+        if not codec.causal:
+            raise InputError("only a causal codec streams; this one is not causal")
+        self.codec = codec
+        with torch.no_grad():
+            qfeats = codec.dequantize(torch.zeros(1, 4, dtype=torch.long))
+            _, state = codec.decoder(qfeats)
+        leaves, self.spec = torch.utils._pytree.tree_flatten(state)
+        self.state_shapes = [tuple(leaf.shape[1:]) for leaf in leaves]
+        self.state_dtypes = [leaf.dtype for leaf in leaves]
+
+    def forward(self, qfeats: Tensor, first: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        going, going_state = self.codec.decoder(qfeats, torch.utils._pytree.tree_unflatten(list(state), self.spec))
+        fresh, fresh_state = self.codec.decoder(qfeats)
+        new = [torch.where(first.reshape(-1, *[1] * (f.ndim - 1)), f, g)
+               for f, g in zip(torch.utils._pytree.tree_leaves(fresh_state), torch.utils._pytree.tree_leaves(going_state),
+                               strict=True)]
+        return (torch.where(first[:, None], fresh, going), *new)
+
+    def empty_state(self, batch: int) -> list[Tensor]:
+        return [torch.zeros(batch, *shape, dtype=dtype) for shape, dtype in zip(self.state_shapes, self.state_dtypes,
+                                                                                 strict=True)]
+
+
 class LMStep(nn.Module):
     """One next-chunk step of a WavSLM with its whole state as tensors, for a graph:
     `(qfeats (B, C, D), pos (B,), keys, values) -> (logits (B, C, V), keys', values')`, where `C` is the
@@ -199,6 +231,17 @@ def export_onnx(model, folder: str | Path, opset: int = OPSET) -> list[str]:
             ["toks", "first", *(f"context_{i}" for i in range(n))], ["qfeats", *(f"context_{i}_out" for i in range(n))],
             ({0: batch}, {0: batch}, tuple({0: batch} for _ in range(n))))
         meta["dequantize"] = {"context_shapes": [list(shape) for shape in dequantize.context_shapes]}
+        synthesize = SynthesizeStep(codec).eval()
+        with torch.no_grad():
+            qfeats = codec.dequantize(toks[:, :4])
+        n = len(synthesize.state_shapes)
+        graphs["synthesize_step"] = (
+            synthesize, (qfeats, torch.ones(2, dtype=torch.bool), *synthesize.empty_state(2)),
+            ["qfeats", "first", *(f"state_{i}" for i in range(n))], ["sig", *(f"state_{i}_out" for i in range(n))],
+            ({0: batch}, {0: batch}, tuple({0: batch} for _ in range(n))))
+        meta["synthesize"] = {"state_shapes": [list(shape) for shape in synthesize.state_shapes],
+                              "state_dtypes": [str(dtype).removeprefix("torch.") for dtype in synthesize.state_dtypes],
+                              "samples_per_chunk": qfeats.shape[1] * codec.decoder.hop_length}
         step = LMStep(lm).eval()
         with torch.no_grad():
             qfeats = codec.dequantize(toks[:, : step.chunk])

@@ -1,9 +1,10 @@
-"""A WavSLM exported by `wavslm export onnx`, run by ONNX Runtime: prompts encoded, tokens generated.
+"""A WavSLM exported by `wavslm export onnx`, run by ONNX Runtime: prompts encoded, continuations generated.
 
-`OnnxWavSLM(folder)` opens the graphs that `export.json` lists. `generate_tokens` continues token prompts
-chunk by chunk through `dequantize_step` and `lm_step`, sampling with the same per-row seeded generators
-and functions as `generation.generate_steps`, so a seeded continuation gives the same tokens as PyTorch's
-(to within the float32 differences of the two runtimes, which can move a sample only at a near tie).
+`OnnxWavSLM(folder)` opens the graphs that `export.json` lists. `generate` continues token prompts chunk
+by chunk through `dequantize_step`, `lm_step` and `synthesize_step`, sampling with the same per-row seeded
+generators and functions as `generation.generate_steps`, so a seeded continuation gives the same tokens
+as PyTorch's (to within the float32 differences of the two runtimes, which can move a sample only at a
+near tie) and its audio.
 """
 
 import json
@@ -41,6 +42,9 @@ class OnnxWavSLM:
         self.chunk, self.window = lm["chunk"], lm["window"]
         self.state_shape = (lm["layers"], lm["heads"], lm["window"], lm["head_dim"])
         self.context_shapes = [tuple(s) for s in self.meta["dequantize"]["context_shapes"]]
+        synth = self.meta["synthesize"]
+        self.synth_state = [(tuple(shape), np.dtype(dtype)) for shape, dtype in
+                            zip(synth["state_shapes"], synth["state_dtypes"], strict=True)]
 
     def encode(self, sig: np.ndarray) -> np.ndarray:
         """`sig (B, N)` float32 at the codec's input rate -> tokens `(B, T)` int64."""
@@ -51,12 +55,18 @@ class OnnxWavSLM:
         qfeats, *contexts = self.sessions["dequantize_step"].run(None, feed)
         return qfeats, contexts
 
+    def _synthesize(self, qfeats: np.ndarray, first: np.ndarray, state: list[np.ndarray]):
+        feed = {"qfeats": qfeats, "first": first, **{f"state_{i}": x for i, x in enumerate(state)}}
+        sig, *state = self.sessions["synthesize_step"].run(None, feed)
+        return sig, state
+
     def _lm(self, qfeats: np.ndarray, pos: np.ndarray, keys: np.ndarray, values: np.ndarray):
         return self.sessions["lm_step"].run(None, {"qfeats": qfeats, "pos": pos, "keys": keys, "values": values})
 
     def read(self, toks: np.ndarray):
         """Read one prompt `(T,)` (whole chunks) chunk by chunk: the last chunk's logits and the state
-        `(pos, keys, values, contexts)`, each with a batch dimension of 1."""
+        `(pos, keys, values, contexts, decoder)`, each with a batch dimension of 1 (the decoder's stream is
+        carried over the prompt; its audio is not kept)."""
         C = self.chunk
         if len(toks) == 0 or len(toks) % C:
             raise InputError(f"a token prompt must be whole chunks of {C} tokens, got {len(toks)}")
@@ -64,31 +74,37 @@ class OnnxWavSLM:
         keys = np.zeros((layers, 1, heads, window, head_dim), np.float32)
         values = np.zeros_like(keys)
         contexts = [np.zeros((1, *shape), np.float32) for shape in self.context_shapes]
+        decoder = [np.zeros((1, *shape), dtype) for shape, dtype in self.synth_state]
         pos, first = np.zeros(1, np.int64), np.ones(1, bool)
         for start in range(0, len(toks), C):
             qfeats, contexts = self._dequantize(toks[None, start : start + C].astype(np.int64), first, contexts)
+            _, decoder = self._synthesize(qfeats, first, decoder)
             logits, keys, values = self._lm(qfeats, pos, keys, values)
             pos, first = pos + C, np.zeros(1, bool)
-        return logits, (pos, keys, values, contexts)
+        return logits, (pos, keys, values, contexts, decoder)
 
-    def generate_tokens(self, prompts: list[Tensor], steps: int, top_p: float | None = None,
-                        top_k: int | None = None, temp: float = 0.8, seed: int | None = None) -> Tensor:
-        """Continue token prompts (rows of whole chunks, any lengths) for `steps` steps: `(B, steps * C)`.
-        Row b samples with its own generator seeded `seed + b`, as `generate_steps` does."""
+    def generate(self, prompts: list[Tensor], steps: int, top_p: float | None = None, top_k: int | None = None,
+                 temp: float = 0.8, seed: int | None = None) -> tuple[Tensor, Tensor]:
+        """Continue token prompts (rows of whole chunks, any lengths) for `steps` steps: the tokens
+        `(B, steps * C)` and the audio `(B, steps * samples per chunk)` at the codec's output rate. Row b
+        samples with its own generator seeded `seed + b`, as `generate_steps` does."""
         read = [self.read(np.asarray(row, dtype=np.int64)) for row in prompts]
         logits = np.concatenate([r[0] for r in read])
         pos = np.concatenate([r[1][0] for r in read])
         keys = np.concatenate([r[1][1] for r in read], axis=1)
         values = np.concatenate([r[1][2] for r in read], axis=1)
         contexts = [np.concatenate([r[1][3][i] for r in read]) for i in range(len(self.context_shapes))]
+        decoder = [np.concatenate([r[1][4][i] for r in read]) for i in range(len(self.synth_state))]
         samplings = [Sampling(temp, top_p, top_k)] * len(prompts)
         generators = row_generators(len(prompts), seed, torch.device("cpu"))
-        first, out = np.zeros(len(prompts), bool), []
+        first, out, audio = np.zeros(len(prompts), bool), [], []
         for step in range(steps):
             toks = sample_rows(torch.from_numpy(logits), samplings, generators)
             out.append(toks)
+            qfeats, contexts = self._dequantize(toks.numpy(), first, contexts)
+            sig, decoder = self._synthesize(qfeats, first, decoder)
+            audio.append(torch.from_numpy(sig))
             if step + 1 < steps:
-                qfeats, contexts = self._dequantize(toks.numpy(), first, contexts)
                 logits, keys, values = self._lm(qfeats, pos, keys, values)
                 pos = pos + self.chunk
-        return torch.cat(out, dim=1)
+        return torch.cat(out, dim=1), torch.cat(audio, dim=1)
