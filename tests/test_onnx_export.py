@@ -168,3 +168,20 @@ def test_a_model_that_does_not_exist_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("wavslm export: error:") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_command_on_onnx_runtime_writes_pytorchs_continuation(fixture_graphs, tmp_path, capsys):
+    """`wavslm generate --backend onnxruntime --model EXPORT`: the same continuation as the torch backend
+    on the model it was exported from (a real prompt, seeded sampling)."""
+    folder, _ = fixture_graphs
+    prompt = sorted(SPEECH.glob("librispeech-dev-clean/**/*.wav"))[0]
+    common = [str(prompt), "--seconds", "1", "--seed", "3", "--top-p", "0.8"]
+    assert main(["generate", *common, "-o", str(tmp_path / "torch.wav"), "--model", str(REFERENCE / "wavslm_tiny")]) == 0
+    assert main(["generate", *common, "-o", str(tmp_path / "ort.wav"), "--model", str(folder),
+                 "--backend", "onnxruntime"]) == 0
+    torch_audio, rate = sf.read(tmp_path / "torch.wav", dtype="float32")
+    ort_audio, ort_rate = sf.read(tmp_path / "ort.wav", dtype="float32")
+    assert rate == ort_rate and torch_audio.shape == ort_audio.shape
+    assert np.abs(torch_audio - ort_audio).max() <= 2 / 32768  # 16-bit files: at most a step apart
+    assert main(["generate", *common, "-o", str(tmp_path / "x.wav"), "--backend", "onnxruntime"]) == 2
+    assert "--model DIR" in capsys.readouterr().err

@@ -108,21 +108,34 @@ def cmd_generate(args: argparse.Namespace) -> None:
     for path in outputs:
         _check_output(path, args.input)
     sig, sr = load_audio(args.input, mono=True, max_seconds=MAX_PROMPT_SECONDS)
-    lm = load_lm(args.model, args.device, args.optimize)
-    toks = prompt_tokens(lm, sig, sr, None) * args.num  # one encoding, N independent continuations
-    steps = max(1, int(args.seconds * lm.codec.frame_rate) // lm.toks_per_step)
-    rate = lm.codec.sample_rate_output
+    if args.backend == "onnxruntime":
+        from .onnx_runtime import OnnxWavSLM
+
+        if args.model is None or args.optimize != "none" or args.device != "cpu":
+            raise InputError("--backend onnxruntime runs an exported folder on the CPU: give --model DIR from "
+                             "`wavslm export onnx`, and no --optimize or --device")
+        model = OnnxWavSLM(args.model)
+        toks = model.prompt_tokens(sig, sr) * args.num
+        frame_rate, per_step, rate = model.frame_rate, model.chunk, model.sample_rate_output
+        steps = max(1, int(args.seconds * frame_rate) // per_step)
+        parts = model.generate_steps(toks, steps, top_p, args.top_k, args.temp, args.seed)
+    else:
+        lm = load_lm(args.model, args.device, args.optimize)
+        toks = prompt_tokens(lm, sig, sr, None) * args.num  # one encoding, N independent continuations
+        frame_rate, per_step, rate = lm.codec.frame_rate, lm.toks_per_step, lm.codec.sample_rate_output
+        steps = max(1, int(args.seconds * frame_rate) // per_step)
+        parts = generate_steps(lm, toks, steps, top_p, args.top_k, args.temp, args.seed)
     writers = WavStreamWriter(outputs, rate) if args.stream else None
     chunks, start, first = [], time.perf_counter(), None
     try:
-        bar = _progress(steps * lm.toks_per_step / lm.codec.frame_rate, "generate", "s")
-        for _, audio in generate_steps(lm, toks, steps, top_p, args.top_k, args.temp, args.seed):
+        bar = _progress(steps * per_step / frame_rate, "generate", "s")
+        for _, audio in parts:
             first = first or time.perf_counter() - start
             if writers:
                 writers.write(audio.cpu())
             else:
                 chunks.append(audio.cpu())
-            bar.update(lm.toks_per_step / lm.codec.frame_rate)
+            bar.update(per_step / frame_rate)
         bar.close()
         if writers:
             writers.close()
@@ -134,7 +147,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if writers:
             writers.abort()
     elapsed = time.perf_counter() - start
-    seconds = steps * lm.toks_per_step / lm.codec.frame_rate
+    seconds = steps * per_step / frame_rate
     for path in outputs:
         print(f"{path}: {seconds:.2f} s at {rate} Hz")
     print(f"generated in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f}); first audio after {first * 1000:.0f} ms")
@@ -296,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=1, help="number of continuations (OUT_0.wav, OUT_1.wav, ...)")
     p.add_argument("--stream", action="store_true", help="write audio to disk as it is generated")
     p.add_argument("--optimize", choices=list(OPTIMIZE), default="none", help=OPTIMIZE_HELP)
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="torch (default), or onnxruntime: --model is then a folder from `wavslm export onnx`")
 
     p = verb("train", cmd_train, "Train a stage (ssl, codec, lm); under torchrun it runs data-parallel.", "auto")
     p.add_argument("stage", help="ssl | codec | lm")

@@ -8,6 +8,7 @@ near tie) and its audio.
 """
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +84,32 @@ class OnnxWavSLM:
             pos, first = pos + C, np.zeros(1, bool)
         return logits, (pos, keys, values, contexts, decoder)
 
-    def generate(self, prompts: list[Tensor], steps: int, top_p: float | None = None, top_k: int | None = None,
-                 temp: float = 0.8, seed: int | None = None) -> tuple[Tensor, Tensor]:
-        """Continue token prompts (rows of whole chunks, any lengths) for `steps` steps: the tokens
-        `(B, steps * C)` and the audio `(B, steps * samples per chunk)` at the codec's output rate. Row b
-        samples with its own generator seeded `seed + b`, as `generate_steps` does."""
+    @property
+    def frame_rate(self) -> float:
+        return self.meta["codec"]["frame_rate"]
+
+    @property
+    def sample_rate_output(self) -> int:
+        return self.meta["codec"]["sample_rate_output"]
+
+    def prompt_tokens(self, sig: Tensor, sample_rate: int) -> list[Tensor]:
+        """A spoken prompt `(N,)` or `(1, N)` at `sample_rate` as one token row of whole chunks (its first
+        `T % C` tokens dropped, as `generation.prompt_tokens` does)."""
+        from .audio import resample
+
+        rate = self.meta["codec"]["sample_rate_input"]
+        sig = resample(sig.reshape(1, -1).float(), sample_rate, rate)
+        toks = torch.from_numpy(self.encode(sig.numpy()))[0]
+        if len(toks) < self.chunk:
+            raise InputError(f"the prompt is shorter than one chunk ({self.chunk} tokens = "
+                             f"{1000 * self.chunk / self.frame_rate:.0f} ms)")
+        return [toks[len(toks) % self.chunk :]]
+
+    def generate_steps(self, prompts: list[Tensor], steps: int, top_p: float | None = None, top_k: int | None = None,
+                       temp: float = 0.8, seed: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Continue token prompts (rows of whole chunks, any lengths) for `steps` steps, yielding each
+        step's tokens `(B, C)` and audio `(B, samples per chunk)` at the codec's output rate as soon as it
+        is decoded. Row b samples with its own generator seeded `seed + b`, as `generate_steps` does."""
         read = [self.read(np.asarray(row, dtype=np.int64)) for row in prompts]
         logits = np.concatenate([r[0] for r in read])
         pos = np.concatenate([r[1][0] for r in read])
@@ -97,14 +119,17 @@ class OnnxWavSLM:
         decoder = [np.concatenate([r[1][4][i] for r in read]) for i in range(len(self.synth_state))]
         samplings = [Sampling(temp, top_p, top_k)] * len(prompts)
         generators = row_generators(len(prompts), seed, torch.device("cpu"))
-        first, out, audio = np.zeros(len(prompts), bool), [], []
+        first = np.zeros(len(prompts), bool)
         for step in range(steps):
             toks = sample_rows(torch.from_numpy(logits), samplings, generators)
-            out.append(toks)
             qfeats, contexts = self._dequantize(toks.numpy(), first, contexts)
             sig, decoder = self._synthesize(qfeats, first, decoder)
-            audio.append(torch.from_numpy(sig))
+            yield toks, torch.from_numpy(sig)
             if step + 1 < steps:
                 logits, keys, values = self._lm(qfeats, pos, keys, values)
                 pos = pos + self.chunk
-        return torch.cat(out, dim=1), torch.cat(audio, dim=1)
+
+    def generate(self, prompts: list[Tensor], steps: int, **sampling) -> tuple[Tensor, Tensor]:
+        """`generate_steps` gathered: the tokens `(B, steps * C)` and the audio `(B, steps * samples per chunk)`."""
+        parts = list(self.generate_steps(prompts, steps, **sampling))
+        return torch.cat([t for t, _ in parts], dim=1), torch.cat([a for _, a in parts], dim=1)
