@@ -58,9 +58,9 @@ def test_export_records_the_codec_and_the_versions(fixture_graphs):
     assert meta["opset"] == 18 and {"torch", "onnx", "onnxscript", "wavslm"} <= set(meta["versions"])
     assert meta["graphs"]["codec_encode"] == {"file": "codec_encode.onnx", "inputs": ["sig"], "outputs": ["toks"]}
     assert meta["lm"]["chunk"] == 4 and meta["lm"]["window"] == 16
-    assert sorted(p.name for p in folder.iterdir()) == ["codec_decode.onnx", "codec_encode.onnx",
-                                                          "dequantize_step.onnx", "export.json", "lm_step.onnx",
-                                                          "synthesize_step.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "codec_decode.onnx", "codec_encode.onnx", "dequantize_start.onnx", "dequantize_step.onnx", "export.json",
+        "lm_step.onnx", "synthesize_start.onnx", "synthesize_step.onnx"]
 
 
 def _run_steps(session, qfeats, pos, keys, values, chunk):
@@ -101,24 +101,22 @@ def test_lm_step_graph_continues_like_pytorch_past_the_window(fixture_graphs):
     assert np.abs(logits[1] - expected[1, :60]).max() < 1e-4
 
 
-def test_dequantize_step_graph_continues_the_decompressors_stream(fixture_graphs):
-    """Chunk after chunk through the step graph (the first from a fresh stream), the features of
-    `Codec.dequantize` over the whole sequence; a row marked first restarts while the other continues."""
+def test_codec_step_graphs_continue_the_codecs_streams(fixture_graphs):
+    """Chunk after chunk through the start graph then the step graph: the features of `Codec.dequantize`
+    and the audio of `Codec.synthesize` over the whole sequence."""
     _, graphs = fixture_graphs
     codec = Codec.from_pretrained(REFERENCE / "codec_tiny_causal")
     toks = torch.randint(0, codec.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
-    expected = codec.dequantize(toks).numpy()
-    contexts = [np.zeros((2, *s), np.float32) for s in json.loads((fixture_graphs[0] / "export.json").read_text())
-                ["dequantize"]["context_shapes"]]
-    first, parts = np.ones(2, bool), []
-    for t in range(0, 40, 4):
-        qfeats, *contexts = graphs["dequantize_step"].run(None, {"toks": toks[:, t : t + 4].numpy(), "first": first,
-                                                                 **{f"context_{i}": c for i, c in enumerate(contexts)}})
-        first = np.array([False, t + 4 == 20])  # row 1 starts again at token 20
-        parts.append(qfeats)
-    got = np.concatenate(parts, axis=1)
-    assert np.abs(got[0] - expected[0]).max() < 1e-5
-    assert np.abs(got[1, 20:] - codec.dequantize(toks[1:, 20:]).numpy()[0]).max() < 1e-5
+    qfeats = codec.dequantize(toks)
+    for name, x, expected in (("dequantize", toks.numpy(), qfeats.numpy()),
+                              ("synthesize", qfeats.numpy(), codec.synthesize(qfeats).numpy())):
+        out, *state = graphs[f"{name}_start"].run(None, {graphs[f"{name}_start"].get_inputs()[0].name: x[:, :4]})
+        parts = [out]
+        for t in range(4, 40, 4):
+            names = [i.name for i in graphs[f"{name}_step"].get_inputs()]
+            out, *state = graphs[f"{name}_step"].run(None, dict(zip(names, [x[:, t : t + 4], *state], strict=True)))
+            parts.append(out)
+        assert np.abs(np.concatenate(parts, axis=1) - expected).max() < 1e-4, name
 
 
 @pytest.mark.parametrize("sampling", [{"top_k": 1}, {"top_p": 0.8, "temp": 1.0, "seed": 5}, {"top_p": 0.3, "seed": 1}])

@@ -15,11 +15,12 @@ in pieces with a key/value cache: the same result, with memory linear in the len
 encoder's memory grows with the square of the length: give it utterances, not hours. `export.json`
 beside the graphs records the codec's rates and vocabulary, the opset and the versions that made them.
 
-A WavSLM adds two step graphs, each with its state as inputs and outputs and a dynamic batch:
-`dequantize_step.onnx` (`DequantizeStep`: one chunk of tokens to the features the LM reads, the
-decompressor's stream) and `lm_step.onnx` (`LMStep`: one chunk of features in, its logits out, the
-key/value window and a position per row, so rows at different positions step together).
-`onnx_runtime.OnnxWavSLM` generates tokens with them. The waveform decoder's stream is not a graph yet.
+A WavSLM adds the streaming graphs, each with its state as inputs and outputs and a dynamic batch:
+`dequantize_start.onnx` / `dequantize_step.onnx` (`DequantizeStep`: one chunk of tokens to the features
+the LM reads, the decompressor's stream, fresh or continuing), `synthesize_start.onnx` /
+`synthesize_step.onnx` (`SynthesizeStep`: one chunk of features to audio, the waveform decoder's stream)
+and `lm_step.onnx` (`LMStep`: one chunk of features in, its logits out, the key/value window and a
+position per row, so rows at different positions step together). `onnx_runtime.OnnxWavSLM` runs them.
 """
 
 import argparse
@@ -82,76 +83,57 @@ class SlidingKV:
 
 class DequantizeStep(nn.Module):
     """One chunk of tokens through a causal codec's decompressor with its state as tensors, for a graph:
-    `(toks (B, C), first (B,) bool, *contexts) -> (qfeats (B, C, D), *contexts')`: `CodecStream.dequantize`.
-
-    `contexts` are the decompressor's convolution contexts, flattened (`context_shapes` gives each one's
-    `(channels, frames)`). A fresh stream pads its convolutions with copies of its first frame, which no
-    caller can supply: rows with `first` set are computed as a fresh stream (their `contexts` are ignored,
-    zeros will do), the others continue theirs.
+    `CodecStream.dequantize`. `start=True`: a fresh stream, `toks (B, C) -> (qfeats (B, C, D), *contexts)`;
+    otherwise a continuing one, `(toks, *contexts) -> (qfeats, *contexts')`. `contexts` are the
+    decompressor's convolution contexts, flattened (`context_shapes`: each one's `(channels, frames)`). A
+    fresh stream pads its convolutions with copies of its first frame, which is why it has its own graph.
     """
 
-    def __init__(self, codec: Codec):
+    def __init__(self, codec: Codec, start: bool = False):
         super().__init__()
         if not codec.causal:
             raise InputError("only a causal codec streams; this one is not causal")
-        self.codec = codec
+        self.codec, self.start = codec, start
         with torch.no_grad():
             _, state = codec.decompressor(codec.quantizer.toks_to_codes(torch.zeros(1, 4, dtype=torch.long)))
         self.layout = [len(layer) for layer in state.contexts]
         self.context_shapes = [tuple(c.shape[1:]) for layer in state.contexts for c in layer]
 
-    def _nest(self, flat: list[Tensor]) -> tuple[tuple[Tensor, ...], ...]:
-        out, i = [], 0
-        for n in self.layout:
-            out.append(tuple(flat[i : i + n]))
-            i += n
-        return tuple(out)
-
-    def forward(self, toks: Tensor, first: Tensor, *contexts: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, toks: Tensor, *contexts: Tensor) -> tuple[Tensor, ...]:
         from .modules.focal import FocalDecompressorState
 
-        codes = self.codec.quantizer.toks_to_codes(toks)
-        going, going_state = self.codec.decompressor(codes, FocalDecompressorState(self._nest(list(contexts)), 0))
-        fresh, fresh_state = self.codec.decompressor(codes)
-        pick = first[:, None, None]
-        new = [torch.where(pick, f, g) for layer_f, layer_g in zip(fresh_state.contexts, going_state.contexts, strict=True)
-               for f, g in zip(layer_f, layer_g, strict=True)]
-        return (torch.where(pick, fresh, going), *new)
-
-    def empty_state(self, batch: int) -> list[Tensor]:
-        return [torch.zeros(batch, *shape) for shape in self.context_shapes]
+        state = None
+        if not self.start:
+            nested, i = [], 0
+            for n in self.layout:
+                nested.append(tuple(contexts[i : i + n]))
+                i += n
+            state = FocalDecompressorState(tuple(nested), 0)
+        qfeats, state = self.codec.decompressor(self.codec.quantizer.toks_to_codes(toks), state)
+        return (qfeats, *(c for layer in state.contexts for c in layer))
 
 
 class SynthesizeStep(nn.Module):
     """One chunk of features through a causal codec's waveform decoder with its state as tensors, for a
-    graph: `(qfeats (B, C, D), first (B,) bool, *state) -> (sig (B, C * hop), *state')`:
-    `CodecStream.synthesize`. `state` is the decoder's state tree flattened (`state_shapes`, `state_dtypes`:
-    each leaf's shape without the batch, and dtype); rows with `first` set start a fresh stream, as in
-    `DequantizeStep`."""
+    graph: `CodecStream.synthesize`. `start=True`: a fresh stream, `qfeats (B, C, D) -> (sig (B, C * hop),
+    *state)`; otherwise `(qfeats, *state) -> (sig, *state')`. `state` is the decoder's state tree
+    flattened (`state_shapes`, `state_dtypes`: each leaf's shape without the batch, and its dtype)."""
 
-    def __init__(self, codec: Codec):
+    def __init__(self, codec: Codec, start: bool = False):
         super().__init__()
         if not codec.causal:
             raise InputError("only a causal codec streams; this one is not causal")
-        self.codec = codec
+        self.codec, self.start = codec, start
         with torch.no_grad():
-            qfeats = codec.dequantize(torch.zeros(1, 4, dtype=torch.long))
-            _, state = codec.decoder(qfeats)
+            _, state = codec.decoder(codec.dequantize(torch.zeros(1, 4, dtype=torch.long)))
         leaves, self.spec = torch.utils._pytree.tree_flatten(state)
         self.state_shapes = [tuple(leaf.shape[1:]) for leaf in leaves]
         self.state_dtypes = [leaf.dtype for leaf in leaves]
 
-    def forward(self, qfeats: Tensor, first: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        going, going_state = self.codec.decoder(qfeats, torch.utils._pytree.tree_unflatten(list(state), self.spec))
-        fresh, fresh_state = self.codec.decoder(qfeats)
-        new = [torch.where(first.reshape(-1, *[1] * (f.ndim - 1)), f, g)
-               for f, g in zip(torch.utils._pytree.tree_leaves(fresh_state), torch.utils._pytree.tree_leaves(going_state),
-                               strict=True)]
-        return (torch.where(first[:, None], fresh, going), *new)
-
-    def empty_state(self, batch: int) -> list[Tensor]:
-        return [torch.zeros(batch, *shape, dtype=dtype) for shape, dtype in zip(self.state_shapes, self.state_dtypes,
-                                                                                 strict=True)]
+    def forward(self, qfeats: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        tree = None if self.start else torch.utils._pytree.tree_unflatten(list(state), self.spec)
+        sig, tree = self.codec.decoder(qfeats, tree)
+        return (sig, *torch.utils._pytree.tree_leaves(tree))
 
 
 class LMStep(nn.Module):
@@ -224,24 +206,23 @@ def export_onnx(model, folder: str | Path, opset: int = OPSET) -> list[str]:
     meta = {"codec": {"sample_rate_input": codec.sample_rate_input, "sample_rate_output": codec.sample_rate_output,
                       "frame_rate": codec.frame_rate, "vocab_size": codec.vocab_size, "causal": codec.causal}}
     if lm is not None:
-        dequantize = DequantizeStep(codec).eval()
-        n = len(dequantize.context_shapes)
-        graphs["dequantize_step"] = (
-            dequantize, (toks[:, :4], torch.ones(2, dtype=torch.bool), *dequantize.empty_state(2)),
-            ["toks", "first", *(f"context_{i}" for i in range(n))], ["qfeats", *(f"context_{i}_out" for i in range(n))],
-            ({0: batch}, {0: batch}, tuple({0: batch} for _ in range(n))))
-        meta["dequantize"] = {"context_shapes": [list(shape) for shape in dequantize.context_shapes]}
-        synthesize = SynthesizeStep(codec).eval()
         with torch.no_grad():
             qfeats = codec.dequantize(toks[:, :4])
-        n = len(synthesize.state_shapes)
-        graphs["synthesize_step"] = (
-            synthesize, (qfeats, torch.ones(2, dtype=torch.bool), *synthesize.empty_state(2)),
-            ["qfeats", "first", *(f"state_{i}" for i in range(n))], ["sig", *(f"state_{i}_out" for i in range(n))],
-            ({0: batch}, {0: batch}, tuple({0: batch} for _ in range(n))))
-        meta["synthesize"] = {"state_shapes": [list(shape) for shape in synthesize.state_shapes],
-                              "state_dtypes": [str(dtype).removeprefix("torch.") for dtype in synthesize.state_dtypes],
-                              "samples_per_chunk": qfeats.shape[1] * codec.decoder.hop_length}
+        for name, step_class, example, inp, out in (
+                ("dequantize", DequantizeStep, toks[:, :4], "toks", "qfeats"),
+                ("synthesize", SynthesizeStep, qfeats, "qfeats", "sig")):
+            start, going = step_class(codec, start=True).eval(), step_class(codec).eval()
+            with torch.no_grad():
+                _, *state = start(example)
+            n = len(state)
+            graphs[f"{name}_start"] = (start, (example,), [inp], [out, *(f"state_{i}_out" for i in range(n))],
+                                       ({0: batch},))
+            graphs[f"{name}_step"] = (going, (example, *state), [inp, *(f"state_{i}" for i in range(n))],
+                                      [out, *(f"state_{i}_out" for i in range(n))],
+                                      ({0: batch}, tuple({0: batch} for _ in range(n))))
+        synthesize = SynthesizeStep(codec)
+        meta["synthesize"] = {"samples_per_chunk": qfeats.shape[1] * codec.decoder.hop_length,
+                              "state_dtypes": [str(d).removeprefix("torch.") for d in synthesize.state_dtypes]}
         step = LMStep(lm).eval()
         with torch.no_grad():
             qfeats = codec.dequantize(toks[:, : step.chunk])

@@ -1,7 +1,7 @@
 """A WavSLM exported by `wavslm export onnx`, run by ONNX Runtime: prompts encoded, continuations generated.
 
 `OnnxWavSLM(folder)` opens the graphs that `export.json` lists. `generate` continues token prompts chunk
-by chunk through `dequantize_step`, `lm_step` and `synthesize_step`, sampling with the same per-row seeded
+by chunk through the `dequantize`, `lm` and `synthesize` step graphs, sampling with the same per-row seeded
 generators and functions as `generation.generate_steps`, so a seeded continuation gives the same tokens
 as PyTorch's (to within the float32 differences of the two runtimes, which can move a sample only at a
 near tie) and its audio.
@@ -42,46 +42,40 @@ class OnnxWavSLM:
         lm = self.meta["lm"]
         self.chunk, self.window = lm["chunk"], lm["window"]
         self.state_shape = (lm["layers"], lm["heads"], lm["window"], lm["head_dim"])
-        self.context_shapes = [tuple(s) for s in self.meta["dequantize"]["context_shapes"]]
-        synth = self.meta["synthesize"]
-        self.synth_state = [(tuple(shape), np.dtype(dtype)) for shape, dtype in
-                            zip(synth["state_shapes"], synth["state_dtypes"], strict=True)]
+
 
     def encode(self, sig: np.ndarray) -> np.ndarray:
         """`sig (B, N)` float32 at the codec's input rate -> tokens `(B, T)` int64."""
         return self.sessions["codec_encode"].run(None, {"sig": np.ascontiguousarray(sig, dtype=np.float32)})[0]
 
-    def _dequantize(self, toks: np.ndarray, first: np.ndarray, contexts: list[np.ndarray]):
-        feed = {"toks": toks, "first": first, **{f"context_{i}": c for i, c in enumerate(contexts)}}
-        qfeats, *contexts = self.sessions["dequantize_step"].run(None, feed)
-        return qfeats, contexts
-
-    def _synthesize(self, qfeats: np.ndarray, first: np.ndarray, state: list[np.ndarray]):
-        feed = {"qfeats": qfeats, "first": first, **{f"state_{i}": x for i, x in enumerate(state)}}
-        sig, *state = self.sessions["synthesize_step"].run(None, feed)
-        return sig, state
+    def _codec_step(self, name: str, x: np.ndarray, state: list[np.ndarray] | None):
+        """`name` (dequantize, synthesize) on one chunk: a fresh stream when `state` is None."""
+        if state is None:
+            out, *state = self.sessions[f"{name}_start"].run(None, {self.meta["graphs"][f"{name}_start"]["inputs"][0]: x})
+        else:
+            graph = self.meta["graphs"][f"{name}_step"]["inputs"]
+            out, *state = self.sessions[f"{name}_step"].run(None, dict(zip(graph, [x, *state], strict=True)))
+        return out, state
 
     def _lm(self, qfeats: np.ndarray, pos: np.ndarray, keys: np.ndarray, values: np.ndarray):
         return self.sessions["lm_step"].run(None, {"qfeats": qfeats, "pos": pos, "keys": keys, "values": values})
 
     def read(self, toks: np.ndarray):
         """Read one prompt `(T,)` (whole chunks) chunk by chunk: the last chunk's logits and the state
-        `(pos, keys, values, contexts, decoder)`, each with a batch dimension of 1 (the decoder's stream is
-        carried over the prompt; its audio is not kept)."""
+        `(pos, keys, values, decompressor, decoder)`, each with a batch dimension of 1 (the decoder's
+        stream is carried over the prompt; its audio is not kept)."""
         C = self.chunk
         if len(toks) == 0 or len(toks) % C:
             raise InputError(f"a token prompt must be whole chunks of {C} tokens, got {len(toks)}")
         layers, heads, window, head_dim = self.state_shape
         keys = np.zeros((layers, 1, heads, window, head_dim), np.float32)
         values = np.zeros_like(keys)
-        contexts = [np.zeros((1, *shape), np.float32) for shape in self.context_shapes]
-        decoder = [np.zeros((1, *shape), dtype) for shape, dtype in self.synth_state]
-        pos, first = np.zeros(1, np.int64), np.ones(1, bool)
+        pos, contexts, decoder = np.zeros(1, np.int64), None, None
         for start in range(0, len(toks), C):
-            qfeats, contexts = self._dequantize(toks[None, start : start + C].astype(np.int64), first, contexts)
-            _, decoder = self._synthesize(qfeats, first, decoder)
+            qfeats, contexts = self._codec_step("dequantize", toks[None, start : start + C].astype(np.int64), contexts)
+            _, decoder = self._codec_step("synthesize", qfeats, decoder)
             logits, keys, values = self._lm(qfeats, pos, keys, values)
-            pos, first = pos + C, np.zeros(1, bool)
+            pos = pos + C
         return logits, (pos, keys, values, contexts, decoder)
 
     @property
@@ -115,15 +109,14 @@ class OnnxWavSLM:
         pos = np.concatenate([r[1][0] for r in read])
         keys = np.concatenate([r[1][1] for r in read], axis=1)
         values = np.concatenate([r[1][2] for r in read], axis=1)
-        contexts = [np.concatenate([r[1][3][i] for r in read]) for i in range(len(self.context_shapes))]
-        decoder = [np.concatenate([r[1][4][i] for r in read]) for i in range(len(self.synth_state))]
+        contexts = [np.concatenate(parts) for parts in zip(*(r[1][3] for r in read), strict=True)]
+        decoder = [np.concatenate(parts) for parts in zip(*(r[1][4] for r in read), strict=True)]
         samplings = [Sampling(temp, top_p, top_k)] * len(prompts)
         generators = row_generators(len(prompts), seed, torch.device("cpu"))
-        first = np.zeros(len(prompts), bool)
         for step in range(steps):
             toks = sample_rows(torch.from_numpy(logits), samplings, generators)
-            qfeats, contexts = self._dequantize(toks.numpy(), first, contexts)
-            sig, decoder = self._synthesize(qfeats, first, decoder)
+            qfeats, contexts = self._codec_step("dequantize", toks.numpy(), contexts)
+            sig, decoder = self._codec_step("synthesize", qfeats, decoder)
             yield toks, torch.from_numpy(sig)
             if step + 1 < steps:
                 logits, keys, values = self._lm(qfeats, pos, keys, values)
