@@ -81,7 +81,17 @@ class SlidingKV:
         return self.k, self.v
 
 
-class DequantizeStep(nn.Module):
+class _CodecStep(nn.Module):
+    """A causal codec's streaming verb as a graph: `start` for a fresh stream (no state in), else continuing."""
+
+    def __init__(self, codec: Codec, start: bool):
+        super().__init__()
+        if not codec.causal:
+            raise InputError("only a causal codec streams; this one is not causal")
+        self.codec, self.start = codec, start
+
+
+class DequantizeStep(_CodecStep):
     """One chunk of tokens through a causal codec's decompressor with its state as tensors, for a graph:
     `CodecStream.dequantize`. `start=True`: a fresh stream, `toks (B, C) -> (qfeats (B, C, D), *contexts)`;
     otherwise a continuing one, `(toks, *contexts) -> (qfeats, *contexts')`. `contexts` are the
@@ -90,10 +100,7 @@ class DequantizeStep(nn.Module):
     """
 
     def __init__(self, codec: Codec, start: bool = False):
-        super().__init__()
-        if not codec.causal:
-            raise InputError("only a causal codec streams; this one is not causal")
-        self.codec, self.start = codec, start
+        super().__init__(codec, start)
         with torch.no_grad():
             _, state = codec.decompressor(codec.quantizer.toks_to_codes(torch.zeros(1, 4, dtype=torch.long)))
         self.layout = [len(layer) for layer in state.contexts]
@@ -113,17 +120,14 @@ class DequantizeStep(nn.Module):
         return (qfeats, *(c for layer in state.contexts for c in layer))
 
 
-class SynthesizeStep(nn.Module):
+class SynthesizeStep(_CodecStep):
     """One chunk of features through a causal codec's waveform decoder with its state as tensors, for a
     graph: `CodecStream.synthesize`. `start=True`: a fresh stream, `qfeats (B, C, D) -> (sig (B, C * hop),
     *state)`; otherwise `(qfeats, *state) -> (sig, *state')`. `state` is the decoder's state tree
     flattened (`state_shapes`, `state_dtypes`: each leaf's shape without the batch, and its dtype)."""
 
     def __init__(self, codec: Codec, start: bool = False):
-        super().__init__()
-        if not codec.causal:
-            raise InputError("only a causal codec streams; this one is not causal")
-        self.codec, self.start = codec, start
+        super().__init__(codec, start)
         with torch.no_grad():
             _, state = codec.decoder(codec.dequantize(torch.zeros(1, 4, dtype=torch.long)))
         leaves, self.spec = torch.utils._pytree.tree_flatten(state)
