@@ -211,21 +211,24 @@ def export_onnx(model, folder: str | Path, opset: int = OPSET) -> list[str]:
                       "frame_rate": codec.frame_rate, "vocab_size": codec.vocab_size, "causal": codec.causal}}
     if lm is not None:
         with torch.no_grad():
-            qfeats = codec.dequantize(toks[:, :4])
+            qfeats = codec.dequantize(toks[:, :8])
+        # A fresh stream reads any whole number of chunks at once (a prompt); a continuing one, one chunk.
+        chunks = 4 * torch.export.Dim("chunks")
         for name, step_class, example, inp, out in (
-                ("dequantize", DequantizeStep, toks[:, :4], "toks", "qfeats"),
+                ("dequantize", DequantizeStep, toks[:, :8], "toks", "qfeats"),
                 ("synthesize", SynthesizeStep, qfeats, "qfeats", "sig")):
             start, going = step_class(codec, start=True).eval(), step_class(codec).eval()
             with torch.no_grad():
                 _, *state = start(example)
             n = len(state)
             graphs[f"{name}_start"] = (start, (example,), [inp], [out, *(f"state_{i}_out" for i in range(n))],
-                                       ({0: batch},))
+                                       ({0: batch, 1: chunks},))
+            example = example[:, :4]
             graphs[f"{name}_step"] = (going, (example, *state), [inp, *(f"state_{i}" for i in range(n))],
                                       [out, *(f"state_{i}_out" for i in range(n))],
                                       ({0: batch}, tuple({0: batch} for _ in range(n))))
         synthesize = SynthesizeStep(codec)
-        meta["synthesize"] = {"samples_per_chunk": qfeats.shape[1] * codec.decoder.hop_length,
+        meta["synthesize"] = {"samples_per_chunk": 4 * codec.decoder.hop_length,
                               "state_dtypes": [str(d).removeprefix("torch.") for d in synthesize.state_dtypes]}
         step = LMStep(lm).eval()
         with torch.no_grad():

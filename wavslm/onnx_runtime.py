@@ -61,20 +61,20 @@ class OnnxWavSLM:
         return self.sessions["lm_step"].run(None, {"qfeats": qfeats, "pos": pos, "keys": keys, "values": values})
 
     def read(self, toks: np.ndarray):
-        """Read one prompt `(T,)` (whole chunks) chunk by chunk: the last chunk's logits and the state
-        `(pos, keys, values, decompressor, decoder)`, each with a batch dimension of 1 (the decoder's
-        stream is carried over the prompt; its audio is not kept)."""
+        """Read one prompt `(T,)` (whole chunks): the last chunk's logits and the state `(pos, keys, values,
+        decompressor, decoder)`, each with a batch dimension of 1. The codec's streams start on the whole
+        prompt at once (the decoder's audio is not kept); the LM reads it chunk by chunk."""
         C = self.chunk
         if len(toks) == 0 or len(toks) % C:
             raise InputError(f"a token prompt must be whole chunks of {C} tokens, got {len(toks)}")
         layers, heads, window, head_dim = self.state_shape
         keys = np.zeros((layers, 1, heads, window, head_dim), np.float32)
         values = np.zeros_like(keys)
-        pos, contexts, decoder = np.zeros(1, np.int64), None, None
+        qfeats, contexts = self._codec_step("dequantize", toks[None].astype(np.int64), None)
+        _, decoder = self._codec_step("synthesize", qfeats, None)
+        pos = np.zeros(1, np.int64)
         for start in range(0, len(toks), C):
-            qfeats, contexts = self._codec_step("dequantize", toks[None, start : start + C].astype(np.int64), contexts)
-            _, decoder = self._codec_step("synthesize", qfeats, decoder)
-            logits, keys, values = self._lm(qfeats, pos, keys, values)
+            logits, keys, values = self._lm(qfeats[:, start : start + C], pos, keys, values)
             pos = pos + C
         return logits, (pos, keys, values, contexts, decoder)
 
