@@ -43,7 +43,6 @@ class OnnxWavSLM:
         self.chunk, self.window = lm["chunk"], lm["window"]
         self.state_shape = (lm["layers"], lm["heads"], lm["window"], lm["head_dim"])
 
-
     def encode(self, sig: np.ndarray) -> np.ndarray:
         """`sig (B, N)` float32 at the codec's input rate -> tokens `(B, T)` int64."""
         return self.sessions["codec_encode"].run(None, {"sig": np.ascontiguousarray(sig, dtype=np.float32)})[0]
