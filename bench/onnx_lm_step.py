@@ -12,22 +12,12 @@ round's milliseconds per step and tokens per second, with the CPU.
 
 import argparse
 import copy
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from onnx_speed import cpu_name  # beside this script
 
 
 def main() -> None:
@@ -91,7 +81,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, run in variants.items():
                 best[name] = min(best[name], run())
-    print(f"{args.size} LM, batch 1, {args.steps} steps of {C} tokens after a 148-token prompt; {_cpu()}, "
+    print(f"{args.size} LM, batch 1, {args.steps} steps of {C} tokens after a 148-token prompt; {cpu_name()}, "
           f"{args.threads} threads, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
     base = best["torch float32"]
     for name, seconds in best.items():

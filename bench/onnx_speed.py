@@ -18,7 +18,8 @@ import time
 import torch
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -59,7 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         export_onnx(lm, folder)
-        print(f"{args.size}: exported in {time.perf_counter() - start:.0f} s; {_cpu()}, {args.threads} threads, "
+        print(f"{args.size}: exported in {time.perf_counter() - start:.0f} s; {cpu_name()}, {args.threads} threads, "
               f"torch {torch.__version__}", flush=True)
         ort = OnnxWavSLM(folder, threads=args.threads)
         best = {"torch": (float("inf"), float("inf")), "onnxruntime": (float("inf"), float("inf"))}
