@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-from onnx_speed import cpu_name  # beside this script
+
+from wavslm.benchmark import cpu_name
 
 
 def main() -> None:

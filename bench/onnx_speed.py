@@ -11,22 +11,12 @@ gave the same tokens.
 """
 
 import argparse
-import platform
 import tempfile
 import time
 
 import torch
 
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from wavslm.benchmark import cpu_name
 
 
 def _run(steps_iter, seconds: float) -> tuple[float, float, torch.Tensor]:

@@ -1,9 +1,10 @@
 """Load test of `wavslm serve`: N concurrent WebSocket sessions on loopback, bounded in time and size.
 
     python bench/serve_load.py [--model REF] [--sessions 8] [--seconds 10] [--prompt-seconds 3]
-                               [--rounds 3] [--threads N] [--prompt-threads N]
+                               [--rounds 3] [--threads N] [--prompt-threads N] [--backend onnxruntime]
 
-Starts `python -m wavslm.serve` in a subprocess (the bundled tiny model unless --model), runs one warm-up
+Starts `python -m wavslm.serve` in a subprocess (the bundled tiny model unless --model; with `--backend
+onnxruntime`, --model is a folder from `wavslm export onnx`), runs one warm-up
 round (every session at once, 1 s each), then `--rounds` rounds of `--sessions` sessions at once, each continuing a different
 real speech clip. Per session it reports the real-time factor (wall time from connecting to the last
 chunk / audio seconds), the time to first chunk (from the end of the prompt upload), playback underruns
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("--prompt-threads", type=int,
                         help="the server's PyTorch threads while it reads prompts (default: the server's, every core)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                        help="the server's backend (onnxruntime: --model is a folder from `wavslm export onnx`)")
     parser.add_argument("--lead-ms", type=float, default=100.0,
                         help="player's lead before the first chunk plays, as in the page (default 100)")
     parser.add_argument("--rss-tolerance-mib", type=float, default=8.0, help="allowed growth of the last round's idle RSS over the highest before it")
@@ -146,7 +149,8 @@ def main() -> None:
 
     port = free_port()
     cmd = [sys.executable, "-m", "wavslm.serve", "--model", args.model, "--port", str(port), "--device", args.device,
-           "--max-sessions", str(args.sessions), "--max-gen-secs", str(max(30.0, args.seconds)), "--log-level", "warning"]
+           "--max-sessions", str(args.sessions), "--max-gen-secs", str(max(30.0, args.seconds)), "--log-level", "warning",
+           "--backend", args.backend]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.prompt_threads:
@@ -169,7 +173,7 @@ def main() -> None:
         time.sleep(0.5)
         baseline = rss_mib(server.pid)
         ok, idle = True, [baseline]
-        print(f"model {args.model}; {args.sessions} sessions x {args.seconds:g} s, prompts {args.prompt_seconds:g} s, "
+        print(f"model {args.model} ({args.backend}); {args.sessions} sessions x {args.seconds:g} s, prompts {args.prompt_seconds:g} s, "
               f"{args.rounds} rounds; server RSS baseline {baseline:.1f} MiB (after warm-up)")
         print(f"{os.cpu_count()} CPUs, load average before: {load_average()} (other processes compete for the CPU)")
         print(f"{'round':>5} {'sess':>4} {'chunks':>9} {'samples':>15} {'RTF':>6} {'TTFC ms':>8} "

@@ -31,6 +31,32 @@ def test_the_bench_runs_each_conversion(quantize):
     assert report["runs"][0]["decode_tok_s"] > 0
 
 
+@pytest.mark.slow
+def test_the_bench_times_torch_and_onnxruntime_side_by_side(tmp_path, capsys):
+    """`--backend torch onnxruntime --quantize int8`: one row per backend and batch, every figure measured,
+    the CPU named; ONNX Runtime runs the same weights exported with its int8 LM step (an export: slow)."""
+    pytest.importorskip("onnxruntime")
+    assert main(["bench", "--size", "tiny", "--seconds", "0.5", "--steps", "2", "--batch", "1", "2", "--rounds", "1",
+                 "--quantize", "int8", "--backend", "torch", "onnxruntime", "-o", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime | 2 |" in out and "torch | 1 |" in out
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["cpu"] and report["quantize"] == "int8"
+    assert [(r["backend"], r["batch"]) for r in report["runs"]] == [
+        ("torch", 1), ("onnxruntime", 1), ("torch", 2), ("onnxruntime", 2)]
+    for row in report["runs"]:
+        for key in ("prefill_s", "decode_tok_s", "codec_encode_rtf", "codec_decode_rtf", "prompt_rtf", "stream_rtf",
+                    "first_audio_ms"):
+            assert row[key] > 0, key
+
+
+def test_the_onnxruntime_backend_refuses_bfloat16():
+    from wavslm.errors import InputError
+
+    with pytest.raises(InputError, match="runs float32 graphs"):
+        run_bench("tiny", (1,), dtype="bfloat16", backends=("onnxruntime",))
+
+
 def fixture_lm():
     from conftest import REFERENCE
 

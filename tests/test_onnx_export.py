@@ -101,6 +101,41 @@ def test_lm_step_graph_continues_like_pytorch_past_the_window(fixture_graphs):
     assert np.abs(logits[1] - expected[1, :60]).max() < 1e-4
 
 
+def test_int8_lm_step_stays_near_float32_and_generates(fixture_graphs, tmp_path):
+    """`quantize_graphs` (what `export onnx --quantize int8` runs): the LM step in ONNX Runtime's dynamic
+    int8, recorded in export.json; its logits over 30 chunks stay near the float32 graph's (as PyTorch's
+    int8 stays near its float32: tests/test_bench.py) and generation runs on it. A second call is refused."""
+    import shutil
+
+    import onnx
+
+    from wavslm.errors import InputError
+    from wavslm.onnx_export import LMStep, quantize_graphs
+    from wavslm.onnx_runtime import OnnxWavSLM
+
+    folder, graphs = fixture_graphs
+    shutil.copytree(folder, tmp_path / "int8")
+    quantize_graphs(tmp_path / "int8")
+    meta = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert meta["quantize"]["graphs"] == ["lm_step"] and meta["quantize"]["weights"] == "int8"
+    assert "MatMulInteger" in {node.op_type for node in onnx.load(tmp_path / "int8" / "lm_step.onnx").graph.node}
+    lm = WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")
+    codec, step = lm.require_codec(), LMStep(lm)
+    qfeats = codec.dequantize(torch.randint(0, codec.vocab_size, (2, 120), generator=torch.Generator().manual_seed(0)))
+    state = [t.numpy() for t in step.empty_state(2)]
+    exact, *_ = _run_steps(graphs["lm_step"], qfeats, *state, 4)
+    int8 = ort.InferenceSession(str(tmp_path / "int8" / "lm_step.onnx"), providers=["CPUExecutionProvider"])
+    got, *_ = _run_steps(int8, qfeats, *state, 4)
+    assert np.abs(got - exact).max() <= 0.2
+    assert (got.argmax(-1) == exact.argmax(-1)).mean() >= 0.9
+    model = OnnxWavSLM(tmp_path / "int8")
+    assert model.quantize == "int8"
+    toks, audio = model.generate([torch.randint(0, 64, (24,), generator=torch.Generator().manual_seed(1))], 5, top_k=1)
+    assert toks.shape == (1, 20) and audio.shape[1] == 5 * meta["synthesize"]["samples_per_chunk"]
+    with pytest.raises(InputError, match="quantised already"):
+        quantize_graphs(tmp_path / "int8")
+
+
 def test_codec_step_graphs_continue_the_codecs_streams(fixture_graphs):
     """Chunk after chunk through the start graph then the step graph: the features of `Codec.dequantize`
     and the audio of `Codec.synthesize` over the whole sequence."""
@@ -161,6 +196,14 @@ def test_bundled_codec_graphs_equal_pytorch(tmp_path):
         assert np.abs(audio - codec.decode(toks).numpy()).max() < 1e-3
 
 
+def test_int8_export_of_a_codec_alone_is_one_clear_error(tmp_path, capsys):
+    assert main(["export", "onnx", str(REFERENCE / "codec_tiny_causal"), "-o", str(tmp_path / "out"),
+                 "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "quantises the LM's step" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_model_that_does_not_exist_is_one_clear_error(tmp_path, capsys):
     assert main(["export", "onnx", str(tmp_path / "nothing"), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
@@ -183,3 +226,85 @@ def test_generate_command_on_onnx_runtime_writes_pytorchs_continuation(fixture_g
     assert np.abs(torch_audio - ort_audio).max() <= 2 / 32768  # 16-bit files: at most a step apart
     assert main(["generate", *common, "-o", str(tmp_path / "x.wav"), "--backend", "onnxruntime"]) == 2
     assert "--model DIR" in capsys.readouterr().err
+
+
+def _prompt_wav(seconds: float = 2.0) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    sf.write(out, _speech(seconds, 1)[0].numpy(), 16000, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def test_serving_on_onnx_runtime_gives_the_torch_servers_continuation(fixture_graphs):
+    """`wavslm serve --backend onnxruntime`: POST /generate on the exported folder returns the torch server's
+    continuation of the same real prompt with the same seed (16-bit WAV), and /health the same rates."""
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from wavslm.onnx_runtime import OnnxWavSLM
+    from wavslm.serve import create_app
+
+    folder, _ = fixture_graphs
+    wav, params = _prompt_wav(), {"seconds": 0.8, "seed": 7, "top_p": 0.8}
+    answers = {}
+    for name, model in (("torch", WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")), ("onnxruntime", OnnxWavSLM(folder))):
+        c = TestClient(create_app(model))
+        health = c.get("/health").json()
+        r = c.post("/generate", params=params, content=wav)
+        assert r.status_code == 200, r.text
+        answers[name] = (health["sample_rate_output"], health["chunk_samples"], r.headers["x-wavslm-tokens"],
+                         sf.read(io.BytesIO(r.content), dtype="float32")[0])
+    (rate, chunk, toks, torch_audio), (rate2, chunk2, toks2, ort_audio) = answers["torch"], answers["onnxruntime"]
+    assert (rate, chunk, toks) == (rate2, chunk2, toks2) and torch_audio.shape == ort_audio.shape
+    assert np.abs(torch_audio).max() > 0 and np.abs(torch_audio - ort_audio).max() < 2e-4
+
+
+def test_onnx_sessions_arriving_together_are_stepped_as_one_batch(fixture_graphs):
+    """On ONNX Runtime too, prompts read together join one batch (one step advances both) and each
+    continues as it does alone; a session leaving the batch early leaves the other's continuation alone."""
+    import asyncio
+    import threading
+
+    from wavslm.onnx_runtime import OnnxWavSLM
+    from wavslm.serve import create_app
+    from wavslm.serve.engine import Settings, decode_file
+
+    folder, _ = fixture_graphs
+    engine = create_app(OnnxWavSLM(folder)).state.engine
+
+    async def whole(gen, keep: int | None = None):
+        chunks = []
+        while (keep is None or len(chunks) < keep) and (chunk := await engine.step(gen)) is not None:
+            chunks.append(chunk)
+        await engine.call(engine.close, gen)
+        return chunks
+
+    async def scenario():
+        sig, sr = decode_file(_prompt_wav(), engine.limits)
+        alone = [await whole(await engine.open(sig, sr, Settings(seconds=0.4, seed=seed))) for seed in (5, 6)]
+        steps, rows = engine.steps_run, engine.rows_stepped
+        gate = threading.Event()  # hold the model thread until both prompts have arrived
+        engine.model_thread.submit(gate.wait)
+        opening = [asyncio.ensure_future(engine.open(sig, sr, Settings(seconds=0.4, seed=seed))) for seed in (5, 6)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        gens = await asyncio.gather(*opening)
+        together = await asyncio.gather(whole(gens[0], keep=2), whole(gens[1]))
+        return alone, together, engine.steps_run - steps, engine.rows_stepped - rows
+
+    alone, together, steps, rows = asyncio.run(scenario())
+    assert 5 <= steps < rows < 2 * steps  # both stepped together at first, then one went on alone
+    assert len(together[0]) == 2 and len(together[1]) == 5
+    for one, two in zip(alone, together, strict=True):
+        for a, b in zip(one, two):
+            assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
+
+
+def test_serving_onnx_runtime_without_an_exported_folder_is_one_clear_error(capsys):
+    from wavslm.serve.command import main as serve_main
+
+    assert serve_main(["--backend", "onnxruntime"]) == 2
+    out = capsys.readouterr().out.strip()
+    assert "serves an exported folder" in out and len(out.splitlines()) == 1

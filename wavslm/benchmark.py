@@ -11,23 +11,34 @@ the process's resident high-water mark, next to the bytes of the weights.
 The machine's noise is met by repetition: every timed figure is the best of `rounds` runs, and with a
 reference the two implementations take turns round by round.
 
+`--backend onnxruntime` (with `torch`, side by side) exports the same weights with `wavslm export onnx`
+(`--quantize int8`: its LM step in ONNX Runtime's dynamic int8) and times the graphs in the same rounds:
+the LM step graph's decode, the codec's whole-signal graphs, and streaming through `OnnxWavSLM`, which has
+no streaming encode graph: its prompt is encoded whole, then read (`prompt_rtf` covers both), and its first
+audio is timed from the end of that read.
+
 `--reference DIR` points at a checkout of the original sources (DIR holds `wavslm.py` from
 lucadellalib/wavslm, or a `wavslm/` clone of it); this project never contains them. Their LM encoder is
 built with the same weights and timed in the same rounds; the maximum logit difference is reported.
 """
 
+import contextlib
 import copy
 import dataclasses
 import importlib.util
 import json
+import platform
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .codec import Codec
+from .errors import InputError
 from .lm import WavSLM
 from .modules.linear import Int8Linear, PackedLinear
 from .optimize import optimize_for_inference
@@ -52,6 +63,18 @@ def build(size: str = "paper", seed: int = 0) -> WavSLM:
         raise ValueError(f"size must be paper or tiny, got {size!r}")
     codec = Codec(codec_cfg).eval()
     return WavSLM(lm_cfg, codec).eval()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one): speeds differ between CPU families."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _clock(fn, repeat: int = 1) -> float:
@@ -103,6 +126,26 @@ def ours(lm: WavSLM):
     return prefill, step
 
 
+def onnx_lm(ort):
+    """`(prefill, step)` of ONNX Runtime's `lm_step` graph for `lm_speeds`; the prefill reads whole chunks."""
+    C = ort.chunk
+
+    def prefill(q):
+        q = q.float().numpy()
+        pos, keys, values = ort.empty_state(q.shape[0])
+        for start in range(0, q.shape[1] - C + 1, C):
+            _, keys, values = ort.lm_step(np.ascontiguousarray(q[:, start : start + C]), pos, keys, values)
+            pos = pos + C
+        return pos, keys, values
+
+    def step(q, state):
+        pos, keys, values = state
+        _, keys, values = ort.lm_step(q.float().numpy(), pos, keys, values)
+        return pos + C, keys, values
+
+    return prefill, step
+
+
 def load_reference(folder: str | Path):
     """The original `wavslm.py` as a module (imported under another name: ours is `wavslm`)."""
     folder = Path(folder)
@@ -149,34 +192,76 @@ def codec_speed(codec: Codec, batch: int, seconds: float = 10.0) -> dict:
     return {"codec_encode_rtf": encode / seconds, "codec_decode_rtf": decode / seconds}
 
 
-def streaming_speed(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds: float = 10.0,
-                    rounds: int = 1) -> dict:
-    """Live streaming: the prompt fed 80 ms at a time to a `LiveSession` (encoded, decompressed and read by
-    the LM as it arrives), then the continuation with audio out every step (seeded sampling); the best
-    of `rounds` runs for each figure.
+def _prompt(codec_rate: int, batch: int, prompt_seconds: float) -> torch.Tensor:
+    return torch.randn(batch, int(prompt_seconds * codec_rate), generator=torch.Generator().manual_seed(3))
+
+
+def streaming_round(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds: float = 10.0) -> dict:
+    """One live streaming run: the prompt fed 80 ms at a time to a `LiveSession` (encoded, decompressed and
+    read by the LM as it arrives), then the continuation with audio out every step (seeded sampling).
 
     `prompt_rtf`: seconds spent per second of prompt fed (below 1, a live speaker is kept up with);
     `first_audio_ms`: from the prompt's last chunk being fed to the continuation's first audio;
     `stream_rtf`: the continuation's wall time per second of audio.
     """
     codec = lm.codec
-    sig = torch.randn(batch, int(prompt_seconds * codec.sample_rate_input), generator=torch.Generator().manual_seed(3))
-    chunk = codec.chunk_size
+    sig, chunk = _prompt(codec.sample_rate_input, batch, prompt_seconds), codec.chunk_size
     steps = int(seconds * codec.frame_rate) // lm.toks_per_step
-    best = {"prompt_rtf": float("inf"), "stream_rtf": float("inf"), "first_audio_ms": float("inf")}
+    with lm.live(batch_size=batch, top_p=0.3, temp=0.8, seed=0) as live:
+        start = time.perf_counter()
+        for i in range(0, sig.shape[1], chunk):
+            live.feed(sig[:, i : i + chunk])
+        fed = time.perf_counter()
+        first = None
+        for _ in live.generate(steps):
+            first = first if first is not None else time.perf_counter() - fed
+        elapsed = time.perf_counter() - fed
+    return {"prompt_rtf": (fed - start) / prompt_seconds, "stream_rtf": elapsed / seconds, "first_audio_ms": first * 1000}
+
+
+def onnx_streaming_round(ort, batch: int, prompt_seconds: float = 3.0, seconds: float = 10.0) -> dict:
+    """`streaming_round` through ONNX Runtime: the prompt encoded whole and read (`prompt_rtf`), then the
+    continuation; `first_audio_ms` from the end of the read."""
+    rate = ort.meta["codec"]["sample_rate_input"]
+    sig = _prompt(rate, batch, prompt_seconds).numpy()
+    steps = int(seconds * ort.frame_rate) // ort.chunk
+    start = time.perf_counter()
+    toks = ort.encode(sig)
+    streams = ort.start([torch.from_numpy(row[len(row) % ort.chunk :]) for row in toks])
+    fed = time.perf_counter()
+    first = None
+    for _ in ort.steps(streams, steps, top_p=0.3, temp=0.8, seed=0):
+        first = first if first is not None else time.perf_counter() - fed
+    elapsed = time.perf_counter() - fed
+    return {"prompt_rtf": (fed - start) / prompt_seconds, "stream_rtf": elapsed / seconds, "first_audio_ms": first * 1000}
+
+
+def streaming_speeds(runs: dict, rounds: int = 1) -> dict:
+    """name -> the best of `rounds` of each figure of `runs[name]()`, the runs taking turns round by round."""
+    best = {}
     for _round in range(rounds):
-        with lm.live(batch_size=batch, top_p=0.3, temp=0.8, seed=0) as live:
-            start = time.perf_counter()
-            for i in range(0, sig.shape[1], chunk):
-                live.feed(sig[:, i : i + chunk])
-            fed = time.perf_counter()
-            first = None
-            for _ in live.generate(steps):
-                first = first if first is not None else time.perf_counter() - fed
-            elapsed = time.perf_counter() - fed
-        run = {"prompt_rtf": (fed - start) / prompt_seconds, "stream_rtf": elapsed / seconds, "first_audio_ms": first * 1000}
-        best = {k: min(v, run[k]) for k, v in best.items()}
+        for name, run in runs.items():
+            row = run()
+            best[name] = {k: min(v, best.get(name, row)[k]) for k, v in row.items()}
     return best
+
+
+def streaming_speed(lm: WavSLM, batch: int, prompt_seconds: float = 3.0, seconds: float = 10.0,
+                    rounds: int = 1) -> dict:
+    """`streaming_round`, the best of `rounds` runs for each figure."""
+    return streaming_speeds({"torch": lambda: streaming_round(lm, batch, prompt_seconds, seconds)}, rounds)["torch"]
+
+
+@torch.inference_mode()
+def onnx_codec_speed(ort, batch: int, seconds: float = 10.0) -> dict:
+    """`codec_speed` of the exported whole-signal graphs."""
+    rate = ort.meta["codec"]["sample_rate_input"]
+    sig = (torch.randn(batch, int(seconds * rate), generator=torch.Generator().manual_seed(2)) * 0.1).numpy()
+    ort.decode(ort.encode(sig[:, :rate]))  # warm-up
+    encode = _clock(lambda: ort.encode(sig), 2)
+    toks = ort.encode(sig)
+    decode = _clock(lambda: ort.decode(toks), 2)
+    return {"codec_encode_rtf": encode / seconds, "codec_decode_rtf": decode / seconds}
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
@@ -185,9 +270,17 @@ def weight_bytes(module: torch.nn.Module) -> int:
     return packed + sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
 def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str = "float32",
               quantize: str = "none", reference: str | None = None, steps: int = 25, seconds: float = 10.0,
-              compile: bool = False, rounds: int = 3) -> dict:
+              compile: bool = False, rounds: int = 3, backends: tuple[str, ...] = ("torch",)) -> dict:
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise InputError(f"backends must be some of {list(BACKENDS)}, got {list(backends)}")
+    if "onnxruntime" in backends and dtype != "float32":
+        raise InputError("the onnxruntime backend runs float32 graphs (int8 with --quantize int8); use --dtype float32")
     lm = build(size)
     qfeats_full = lm.codec.dequantize(torch.randint(0, lm.config.vocab_size, (max(batches), 148),
                                                     generator=torch.Generator().manual_seed(4)))
@@ -198,39 +291,59 @@ def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str
             exact, _ = lm(qfeats_full[:1])
             theirs = ref[0](qfeats_full[:1])[2]
         max_diff = (exact - theirs).abs().max().item()
-    optimize_for_inference(lm, dtype=dtype, quantize=quantize, compile=compile)
-    report = {"size": size, "dtype": dtype, "quantize": quantize, "threads": torch.get_num_threads(),
-              "lm_weight_mb": (weight_bytes(lm) - weight_bytes(lm.codec)) / 2**20,  # the codec is a submodule
-              "codec_weight_mb": weight_bytes(lm.codec) / 2**20, "runs": []}
-    if ref is not None:
-        with torch.inference_mode():
-            report["max_logit_diff_vs_reference"] = (lm(qfeats_full[:1])[0].float() - theirs).abs().max().item()
-            report["max_logit_diff_vs_reference_float32"] = max_diff
-    for batch in batches:
-        qfeats = qfeats_full[:batch].to(next(lm.parameters()).dtype)
-        models, inputs = {"ours": ours(lm)}, {"ours": qfeats}
+    with contextlib.ExitStack() as stack:
+        ort = None
+        if "onnxruntime" in backends:  # exported before any conversion of the torch model: float32 weights
+            from .onnx_export import export_onnx
+            from .onnx_runtime import OnnxWavSLM
+
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="wavslm-bench-onnx-"))
+            export_onnx(lm, folder, quantize=quantize)
+            ort = OnnxWavSLM(folder, threads=torch.get_num_threads())
+        if "torch" in backends:
+            optimize_for_inference(lm, dtype=dtype, quantize=quantize, compile=compile)
+        report = {"size": size, "dtype": dtype, "quantize": quantize, "threads": torch.get_num_threads(),
+                  "cpu": cpu_name(), "backends": list(backends),
+                  "lm_weight_mb": (weight_bytes(lm) - weight_bytes(lm.codec)) / 2**20,  # the codec is a submodule
+                  "codec_weight_mb": weight_bytes(lm.codec) / 2**20, "runs": []}
         if ref is not None:
-            models["reference"], inputs["reference"] = ref, qfeats_full[:batch]
-        speeds = lm_speeds(models, inputs, steps, rounds)
-        row = {"batch": batch, **speeds["ours"]}
-        if ref is not None:
-            row.update({f"reference_{k}": v for k, v in speeds["reference"].items()})
-            row["decode_speedup"] = row["decode_tok_s"] / speeds["reference"]["decode_tok_s"]
-        row.update(codec_speed(lm.codec, batch, seconds))
-        row.update(streaming_speed(lm, batch, seconds=seconds, rounds=rounds))
-        report["runs"].append(row)
+            with torch.inference_mode():
+                report["max_logit_diff_vs_reference"] = (lm(qfeats_full[:1])[0].float() - theirs).abs().max().item()
+                report["max_logit_diff_vs_reference_float32"] = max_diff
+        for batch in batches:
+            qfeats = qfeats_full[:batch].to(next(lm.parameters()).dtype)
+            models, inputs, streams = {}, {}, {}
+            if "torch" in backends:
+                models["torch"], inputs["torch"] = ours(lm), qfeats
+                streams["torch"] = lambda b=batch: streaming_round(lm, b, seconds=seconds)
+            if ort is not None:
+                models["onnxruntime"], inputs["onnxruntime"] = onnx_lm(ort), qfeats_full[:batch]
+                streams["onnxruntime"] = lambda b=batch: onnx_streaming_round(ort, b, seconds=seconds)
+            if ref is not None:
+                models["reference"], inputs["reference"] = ref, qfeats_full[:batch]
+            speeds = lm_speeds(models, inputs, steps, rounds)
+            streamed = streaming_speeds(streams, rounds)
+            for backend in backends:
+                row = {"backend": backend, "batch": batch, **speeds[backend]}
+                if ref is not None:
+                    row.update({f"reference_{k}": v for k, v in speeds["reference"].items()})
+                    row["decode_speedup"] = row["decode_tok_s"] / speeds["reference"]["decode_tok_s"]
+                row.update(codec_speed(lm.codec, batch, seconds) if backend == "torch"
+                           else onnx_codec_speed(ort, batch, seconds))
+                row.update(streamed[backend])
+                report["runs"].append(row)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
 
 
 def format_report(report: dict) -> str:
     head = (f"size {report['size']}, dtype {report['dtype']}, quantize {report['quantize']}, "
-            f"{report['threads']} threads; weights: LM {report['lm_weight_mb']:.0f} MB, codec "
+            f"{report['threads']} threads of {report.get('cpu', 'an unnamed CPU')}; weights: LM {report['lm_weight_mb']:.0f} MB, codec "
             f"{report['codec_weight_mb']:.0f} MB; peak RSS {report['peak_rss_mb']:.0f} MB")
     if "max_logit_diff_vs_reference" in report:
         head += (f"\nmax |logit - original's|: {report['max_logit_diff_vs_reference']:.2e} "
                  f"(float32 before conversion: {report['max_logit_diff_vs_reference_float32']:.2e})")
-    cols = ["batch", "prefill_s", "decode_tok_s", "reference_decode_tok_s", "decode_speedup", "codec_encode_rtf",
+    cols = ["backend", "batch", "prefill_s", "decode_tok_s", "reference_decode_tok_s", "decode_speedup", "codec_encode_rtf",
             "codec_decode_rtf", "prompt_rtf", "stream_rtf", "first_audio_ms"]
     cols = [c for c in cols if any(c in r for r in report["runs"])]
     lines = [head, " | ".join(cols)]

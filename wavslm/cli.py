@@ -175,7 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run_bench(args.size, tuple(args.batch), args.dtype, args.quantize, args.reference, args.steps,
-                       args.seconds, args.compile, args.rounds)
+                       args.seconds, args.compile, args.rounds, tuple(args.backend))
     print(format_report(report))
     if args.output:
         write_json(args.output, report)
@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="LM weights' dtype")
     p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 linear layers (the LM and every part of the codec)")
     p.add_argument("--compile", action="store_true", help="torch.compile the LM's transformer")
+    p.add_argument("--backend", nargs="+", choices=["torch", "onnxruntime"], default=["torch"],
+                   help="backends timed side by side (default: torch); onnxruntime exports the same weights "
+                        "(pip install 'wavslm[onnx]')")
     p.add_argument("--reference", help="a checkout of the original wavslm.py, timed on the same weights")
     p.add_argument("--steps", type=int, default=25, help="decode steps timed per round (default: 25)")
     p.add_argument("--rounds", type=int, default=3,

@@ -35,6 +35,7 @@ from .ws import websocket_session
 
 if TYPE_CHECKING:
     from ..lm import WavSLM
+    from ..onnx_runtime import OnnxWavSLM
 
 
 # The page: a fixed table of names, so a URL never becomes a path.
@@ -46,9 +47,9 @@ STATIC = {
 }
 
 
-def create_app(lm: WavSLM, limits: Limits | None = None, name: str = "model", prompt_threads: int | None = None,
+def create_app(lm: WavSLM | OnnxWavSLM, limits: Limits | None = None, name: str = "model", prompt_threads: int | None = None,
                access: Access | None = None) -> FastAPI:
-    """The server for `lm` (which must hold its codec); `limits` default to `Limits()`; `prompt_threads`:
+    """The server for `lm` (a `WavSLM`, which must hold its codec, or an `OnnxWavSLM`); `limits` default to `Limits()`; `prompt_threads`:
     PyTorch threads while prompts are read (None: the process's setting, as for steps); `access`: which
     hosts and token it accepts (default: any host, no token; pages of another origin are always refused)."""
     access = access or Access()

@@ -46,6 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default: every core of this machine)")
     parser.add_argument("--optimize", choices=list(OPTIMIZE), default="none",
                         help="convert the model for inference (see `wavslm generate --help`; default: none)")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                        help="onnxruntime: serve a folder from `wavslm export onnx` (--model DIR) with ONNX Runtime "
+                             "(--threads are its threads; pip install 'wavslm[onnx]')")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
 
@@ -77,7 +80,15 @@ def run(args: argparse.Namespace) -> None:
     if args.threads < 1 or prompt_threads < 1:
         raise InputError("--threads and --prompt-threads must be at least 1")
     torch.set_num_threads(args.threads)
-    lm = load_lm(args.model, getattr(args, "device", "cpu"), args.optimize)
+    if args.backend == "onnxruntime":
+        from ..onnx_runtime import OnnxWavSLM
+
+        if args.model is None or args.optimize != "none" or getattr(args, "device", "cpu") != "cpu":
+            raise InputError("--backend onnxruntime serves an exported folder on the CPU: give --model DIR from "
+                             "`wavslm export onnx` (--quantize int8 there for its int8), and no --optimize or --device")
+        lm = OnnxWavSLM(args.model, threads=args.threads)
+    else:
+        lm = load_lm(args.model, getattr(args, "device", "cpu"), args.optimize)
     name = Path(args.model).name if args.model else "bundled tiny"
     where = f"http://{args.host}:{args.port}/" + (f"?token={token}" if token else "")
     print(f"wavslm serve: {name} on {where} (API: /openapi.json)", flush=True)

@@ -37,10 +37,11 @@ from ..audio import check_signal, resample
 from ..errors import InputError
 from ..generation import LiveBatch, LiveSession, Sampling, open_sessions, prompt_tokens
 from ..generation.sampling import DEFAULT_TOP_P
+from ..lm import WavSLM
 from .limits import Limits
 
 if TYPE_CHECKING:
-    from ..lm import WavSLM
+    from ..onnx_runtime import OnnxLive, OnnxWavSLM
 
 log = logging.getLogger("wavslm.serve")
 
@@ -181,20 +182,40 @@ def _finish(audio: np.ndarray, sr: int, limits: Limits) -> tuple[torch.Tensor, i
     return torch.from_numpy(np.ascontiguousarray(audio)).reshape(1, -1), int(sr)
 
 
+class TorchModel:
+    """The engine's view of a `WavSLM`: its rates, prompts read together, live sessions and their batch.
+    `onnx_runtime.OnnxWavSLM` offers the same for graphs exported with `wavslm export onnx`."""
+
+    def __init__(self, lm: WavSLM):
+        codec = lm.require_codec()
+        self.lm = lm
+        self.sample_rate_input, self.sample_rate_output = codec.sample_rate_input, codec.sample_rate_output
+        self.frame_rate, self.toks_per_step = codec.frame_rate, lm.toks_per_step
+
+    def prompt_rows(self, sigs: list[torch.Tensor], sample_rate: int) -> list[torch.Tensor]:
+        return prompt_tokens(self.lm, sigs, sample_rate, None)
+
+    def open_sessions(self, rows: list[torch.Tensor], samplings: list[Sampling], seeds: list[int | None]):
+        return open_sessions(self.lm, rows, samplings, seeds)
+
+    def batch(self) -> LiveBatch:
+        return LiveBatch(self.lm)
+
+
 class Engine:
     """The shared model, the thread that runs it, the batch of generating sessions, and the session count."""
 
-    def __init__(self, lm: WavSLM, limits: Limits, name: str = "model", prompt_threads: int | None = None):
-        codec = lm.require_codec()
+    def __init__(self, lm: WavSLM | OnnxWavSLM, limits: Limits, name: str = "model", prompt_threads: int | None = None):
+        self.model = TorchModel(lm) if isinstance(lm, WavSLM) else lm
         # Torch threads while prompts are read (a batch of whole prompts: more cores pay); steps keep the
         # process's setting (one 80 ms chunk per session: spinning workers would cost more than they give).
         self.prompt_threads = prompt_threads
-        self.lm, self.limits, self.name = lm, limits, name
-        self.sample_rate_input = codec.sample_rate_input
-        self.sample_rate_output = codec.sample_rate_output
-        self.toks_per_step = lm.toks_per_step
-        self.step_seconds = lm.toks_per_step / codec.frame_rate
-        self.chunk_samples = round(self.step_seconds * codec.sample_rate_output)
+        self.limits, self.name = limits, name
+        self.sample_rate_input = self.model.sample_rate_input
+        self.sample_rate_output = self.model.sample_rate_output
+        self.toks_per_step = self.model.toks_per_step
+        self.step_seconds = self.toks_per_step / self.model.frame_rate
+        self.chunk_samples = round(self.step_seconds * self.sample_rate_output)
         # The one thread for model calls (see the module docstring); its jobs run in FIFO order.
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavslm-model")
         self._count_lock = threading.Lock()
@@ -207,7 +228,7 @@ class Engine:
         self._uploading = 0
         self._open_timer: asyncio.TimerHandle | None = None
         # Model thread only: the batch, its generations by session, and generations waiting to join it.
-        self.batch = LiveBatch(lm)
+        self.batch = self.model.batch()
         self._members: dict[int, Generation] = {}
         self._joining: list[Generation] = []
         self._step_queued = False
@@ -313,18 +334,18 @@ class Engine:
         rate = self.sample_rate_input
         sigs = [resample(sig, sr, rate) for sig, sr, _, _ in requests]
         try:
-            rows: list = prompt_tokens(self.lm, sigs, rate, None)
+            rows: list = self.model.prompt_rows(sigs, rate)
         except InputError:  # one prompt too short: find which, the others go on
             rows = []
             for sig in sigs:
                 try:
-                    rows.extend(prompt_tokens(self.lm, sig, rate, None))
+                    rows.extend(self.model.prompt_rows([sig], rate))
                 except InputError as err:
                     rows.append(_bad_audio(str(err)))
         ok = [i for i, row in enumerate(rows) if isinstance(row, torch.Tensor)]
         seeds = {i: requests[i][2].seed if requests[i][2].seed is not None else secrets.randbits(31) for i in ok}
         samplings = [requests[i][2].sampling() for i in ok]
-        lives = open_sessions(self.lm, [rows[i] for i in ok], samplings, [seeds[i] for i in ok])
+        lives = self.model.open_sessions([rows[i] for i in ok], samplings, [seeds[i] for i in ok])
         outcomes: list[Generation | Exception] = list(rows)
         for i, live in zip(ok, lives, strict=True):
             sig, sr, settings, loop = requests[i]
@@ -375,7 +396,7 @@ class Engine:
                 gen.put(error)
                 gen.closed = True
                 gen.live.drop_state()
-            self.batch, self._members = LiveBatch(self.lm), {}
+            self.batch, self._members = self.model.batch(), {}
             return
         for gen, (_, audio) in zip(members, chunks, strict=True):
             gen.deliver(audio)
@@ -415,10 +436,11 @@ class Upload:
 
 
 class Generation:
-    """One continuation: a single-row `LiveSession` that has read the prompt, stepped in the engine's batch.
+    """One continuation: a single-row `LiveSession` (`OnnxLive` on ONNX Runtime) that has read the prompt,
+    stepped in the engine's batch.
     Its chunks wait in `chunks` (an asyncio queue of the requester's loop) until its client takes them."""
 
-    def __init__(self, engine: Engine, live: LiveSession, loop: asyncio.AbstractEventLoop, settings: Settings,
+    def __init__(self, engine: Engine, live: LiveSession | OnnxLive, loop: asyncio.AbstractEventLoop, settings: Settings,
                  seed: int, prompt_seconds: float, prompt_tokens: int):
         self.engine, self.live, self.loop, self.seed = engine, live, loop, seed
         # Enough whole steps to cover the request; the last chunk is trimmed to the exact length.
