@@ -172,9 +172,12 @@ def test_generation_on_onnx_runtime_gives_pytorchs_tokens(fixture_graphs, sampli
     assert audio.shape == expected.shape and (audio - expected).abs().max() < 1e-4
 
 
-def test_a_codec_alone_exports_its_two_graphs(tmp_path):
+def test_a_codec_alone_exports_its_two_graphs_and_says_one_line(tmp_path, capsys):
+    """The exporter's own chatter (a traced graph printed to stderr, notes, warnings) is held back."""
     graphs = _export(REFERENCE / "codec_tiny_causal", tmp_path / "codec")
     assert sorted(graphs) == ["codec_decode", "codec_encode"]
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

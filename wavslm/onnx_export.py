@@ -24,8 +24,12 @@ position per row, so rows at different positions step together). `onnx_runtime.O
 """
 
 import argparse
+import contextlib
+import io
 import json
+import logging
 import platform
+import warnings
 from pathlib import Path
 
 import torch
@@ -250,7 +254,7 @@ def export_onnx(model, folder: str | Path, opset: int = OPSET, quantize: str = "
         enc = lm.encoder
         meta["lm"] = {"chunk": step.chunk, "window": step.window, "layers": len(enc.layers), "heads": enc.num_heads,
                       "head_dim": enc.head_dim, "feature_dim": qfeats.shape[-1], "vocab_size": lm.config.vocab_size}
-    with write_folder(folder) as tmp, torch.no_grad():
+    with write_folder(folder) as tmp, torch.no_grad(), _quiet_exporter():
         for name, (module, args, inputs, outputs, dynamic) in graphs.items():
             torch.onnx.export(module, args, tmp / f"{name}.onnx", dynamo=True, opset_version=opset,
                               input_names=inputs, output_names=outputs, dynamic_shapes=dynamic,
@@ -280,13 +284,38 @@ def quantize_graphs(folder: str | Path) -> None:
         path = folder / f"{name}.onnx"
         converted = path.with_suffix(".int8.onnx")
         try:
-            quantize_dynamic(path, converted, weight_type=QuantType.QInt8)
+            with _quiet_exporter():
+                quantize_dynamic(path, converted, weight_type=QuantType.QInt8)
             converted.replace(path)
         finally:
             converted.unlink(missing_ok=True)
     meta["quantize"] = {"graphs": list(INT8_GRAPHS), "method": "onnxruntime.quantization.quantize_dynamic",
                         "weights": "int8", "activations": "uint8, quantised per call", "onnxruntime": _version("onnxruntime")}
     write_atomic(folder / "export.json", json.dumps(meta, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's and the quantiser's advice held back for the block: the exporter prints a whole traced
+    graph to stderr when its first capture strategy meets a data-dependent value (the next one handles
+    it), notes that torchvision's ops are not installed and that two dynamic axes are one; the quantiser
+    suggests pre-processing it does not need. A failure still raises its error."""
+    loggers = [logging.getLogger(name) for name in ("torch.fx.experimental.symbolic_shapes",
+                                                    "torch.onnx._internal.exporter._registration")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)  # the quantiser logs to the root logger
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _version(package: str) -> str:
