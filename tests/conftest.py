@@ -63,3 +63,29 @@ def pool(lm, tmp_path_factory):
         for reduction in nll:
             nll[reduction][f"c{i}"] = float(lm.score(toks, reduction))
     return clips, nll
+
+
+# ---- the server's engine, driven directly (tests/serve, tests/test_onnx_export.py) -----------------
+
+
+async def chunks_of(engine, gen, keep: int | None = None) -> list:
+    """`gen`'s chunks from `engine.step` (the first `keep` of them, if given), then the generation closed."""
+    chunks = []
+    while (keep is None or len(chunks) < keep) and (chunk := await engine.step(gen)) is not None:
+        chunks.append(chunk)
+    await engine.call(engine.close, gen)
+    return chunks
+
+
+async def open_together(engine, sig, sample_rate: int, settings: list) -> list:
+    """Generations of one prompt under each of `settings`, queued while the model thread is held, so that
+    they are read in one job and join the batch together."""
+    import asyncio
+    import threading
+
+    gate = threading.Event()
+    engine.model_thread.submit(gate.wait)
+    opening = [asyncio.ensure_future(engine.open(sig, sample_rate, s)) for s in settings]
+    await asyncio.sleep(0.01)
+    gate.set()
+    return list(await asyncio.gather(*opening))

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REFERENCE, SPEECH
+from conftest import REFERENCE, SPEECH, chunks_of, open_together
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -425,25 +425,14 @@ def test_prompts_arriving_together_are_read_and_stepped_as_one_batch(lm, wav):
 
     engine = create_app(lm).state.engine
 
-    async def whole(gen):
-        chunks = []
-        while (chunk := await engine.step(gen)) is not None:
-            chunks.append(chunk)
-        await engine.call(engine.close, gen)
-        return chunks
-
     async def scenario():
         sig, sr = decode_file(wav, engine.limits)
         alone = []
         for seed in (5, 6):
-            alone.append(await whole(await engine.open(sig, sr, Settings(seconds=0.4, seed=seed))))
+            alone.append(await chunks_of(engine, await engine.open(sig, sr, Settings(seconds=0.4, seed=seed))))
         steps, rows = engine.steps_run, engine.rows_stepped
-        gate = threading.Event()  # hold the model thread until both prompts have arrived
-        engine.model_thread.submit(gate.wait)
-        opening = [asyncio.ensure_future(engine.open(sig, sr, Settings(seconds=0.4, seed=seed))) for seed in (5, 6)]
-        await asyncio.sleep(0.01)
-        gate.set()
-        together = await asyncio.gather(*[whole(gen) for gen in await asyncio.gather(*opening)])
+        gens = await open_together(engine, sig, sr, [Settings(seconds=0.4, seed=seed) for seed in (5, 6)])
+        together = await asyncio.gather(*[chunks_of(engine, gen) for gen in gens])
         return alone, together, engine.steps_run - steps, engine.rows_stepped - rows
 
     alone, together, steps, rows = asyncio.run(scenario())
