@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .audio import resample
 from .errors import InputError
+from .generation.prompts import by_length
 from .generation.sampling import Sampling, row_generators, sample_rows
 
 
@@ -127,15 +129,7 @@ class OnnxWavSLM:
     def prompt_tokens(self, sig: Tensor, sample_rate: int) -> list[Tensor]:
         """A spoken prompt `(N,)` or `(1, N)` at `sample_rate` as one token row of whole chunks (its first
         `T % C` tokens dropped, as `generation.prompt_tokens` does)."""
-        from .audio import resample
-
-        rate = self.meta["codec"]["sample_rate_input"]
-        sig = resample(sig.reshape(1, -1).float(), sample_rate, rate)
-        toks = torch.from_numpy(self.encode(sig.numpy()))[0]
-        if len(toks) < self.chunk:
-            raise InputError(f"the prompt is shorter than one chunk ({self.chunk} tokens = "
-                             f"{1000 * self.chunk / self.frame_rate:.0f} ms)")
-        return [toks[len(toks) % self.chunk :]]
+        return self.prompt_rows([sig.reshape(1, -1)], sample_rate)
 
     def start(self, prompts: list[Tensor]) -> "OnnxStreams":
         """Read token prompts (rows of whole chunks, any lengths), each alone: the streams that continue them."""
@@ -177,9 +171,6 @@ class OnnxWavSLM:
     def prompt_rows(self, sigs: list[Tensor], sample_rate: int) -> list[Tensor]:
         """Spoken prompts `(1, N_b)` at `sample_rate` as token rows of whole chunks, those of one length
         encoded in one batch (as `generation.prompt_tokens`); a prompt under one chunk is an InputError."""
-        from .audio import resample
-        from .generation.prompts import by_length
-
         sigs = [resample(sig.reshape(1, -1).float(), sample_rate, self.sample_rate_input) for sig in sigs]
         rows: list = [None] * len(sigs)
         for index in by_length(sigs):
@@ -193,8 +184,6 @@ class OnnxWavSLM:
     def open_sessions(self, rows: list[Tensor], samplings: list[Sampling], seeds: list[int | None]) -> list["OnnxLive"]:
         """Single-row sessions that have read the token prompts `rows`, those of one length in one batch;
         session b samples with `samplings[b]` seeded `seeds[b]` (as `generation.open_sessions`)."""
-        from .generation.prompts import by_length
-
         lives: list = [None] * len(rows)
         for index in by_length(rows):
             logits, state = self.read(torch.stack([rows[i] for i in index]).numpy())
