@@ -60,7 +60,7 @@ def test_export_records_the_codec_and_the_versions(fixture_graphs):
     assert meta["lm"]["chunk"] == 4 and meta["lm"]["window"] == 16
     assert sorted(p.name for p in folder.iterdir()) == [
         "codec_decode.onnx", "codec_encode.onnx", "dequantize_start.onnx", "dequantize_step.onnx", "export.json",
-        "lm_step.onnx", "synthesize_start.onnx", "synthesize_step.onnx"]
+        "lm_prefill.onnx", "lm_step.onnx", "synthesize_start.onnx", "synthesize_step.onnx"]
 
 
 def _run_steps(session, qfeats, pos, keys, values, chunk):
@@ -101,6 +101,26 @@ def test_lm_step_graph_continues_like_pytorch_past_the_window(fixture_graphs):
     assert np.abs(logits[1] - expected[1, :60]).max() < 1e-4
 
 
+@pytest.mark.parametrize("chunks", [1, 3, 12])
+def test_prefill_graph_reads_a_prompt_as_the_step_graph_does_chunk_by_chunk(fixture_graphs, chunks):
+    """`lm_prefill` on 1, 3 and 12 chunks (the window is 4): the last chunk's logits and the key/value
+    windows that `lm_step` reaches one chunk at a time, and `lm_step` continues from them alike."""
+    from wavslm.onnx_export import LMStep
+
+    _, graphs = fixture_graphs
+    lm = WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")
+    codec = lm.require_codec()
+    qfeats = codec.dequantize(torch.randint(0, codec.vocab_size, (2, 4 * chunks + 4), generator=torch.Generator().manual_seed(2)))
+    prompt, then = qfeats[:, : 4 * chunks], qfeats[:, 4 * chunks :]
+    logits, pos, keys, values = _run_steps(graphs["lm_step"], prompt, *(t.numpy() for t in LMStep(lm).empty_state(2)), 4)
+    got, got_keys, got_values = graphs["lm_prefill"].run(None, {"qfeats": prompt.numpy()})
+    assert np.abs(got - logits[:, -4:]).max() < 1e-4
+    assert np.abs(got_keys - keys).max() < 1e-4 and np.abs(got_values - values).max() < 1e-4
+    after, *_ = _run_steps(graphs["lm_step"], then, pos, got_keys, got_values, 4)
+    expected, *_ = _run_steps(graphs["lm_step"], then, pos, keys, values, 4)
+    assert np.abs(after - expected).max() < 1e-4
+
+
 def test_int8_lm_step_stays_near_float32_and_generates(fixture_graphs, tmp_path):
     """`quantize_graphs` (what `export onnx --quantize int8` runs): the LM step in ONNX Runtime's dynamic
     int8, recorded in export.json; its logits over 30 chunks stay near the float32 graph's (as PyTorch's
@@ -117,7 +137,7 @@ def test_int8_lm_step_stays_near_float32_and_generates(fixture_graphs, tmp_path)
     shutil.copytree(folder, tmp_path / "int8")
     quantize_graphs(tmp_path / "int8")
     meta = json.loads((tmp_path / "int8" / "export.json").read_text())
-    assert meta["quantize"]["graphs"] == ["lm_step"] and meta["quantize"]["weights"] == "int8"
+    assert meta["quantize"]["graphs"] == ["lm_step", "lm_prefill"] and meta["quantize"]["weights"] == "int8"
     assert "MatMulInteger" in {node.op_type for node in onnx.load(tmp_path / "int8" / "lm_step.onnx").graph.node}
     lm = WavSLM.from_pretrained(REFERENCE / "wavslm_tiny")
     codec, step = lm.require_codec(), LMStep(lm)

@@ -19,8 +19,10 @@ A WavSLM adds the streaming graphs, each with its state as inputs and outputs an
 `dequantize_start.onnx` / `dequantize_step.onnx` (`DequantizeStep`: one chunk of tokens to the features
 the LM reads, the decompressor's stream, fresh or continuing), `synthesize_start.onnx` /
 `synthesize_step.onnx` (`SynthesizeStep`: one chunk of features to audio, the waveform decoder's stream)
-and `lm_step.onnx` (`LMStep`: one chunk of features in, its logits out, the key/value window and a
-position per row, so rows at different positions step together). `onnx_runtime.OnnxWavSLM` runs them.
+`lm_step.onnx` (`LMStep`: one chunk of features in, its logits out, the key/value window and a
+position per row, so rows at different positions step together) and `lm_prefill.onnx` (`LMPrefill`: a
+whole prompt read from nothing in one call, to the state `lm_step` continues). `onnx_runtime.OnnxWavSLM`
+runs them.
 """
 
 import argparse
@@ -41,10 +43,11 @@ from .io import write_atomic, write_folder
 
 OPSET = 18
 CODEC_GRAPHS = ("codec_encode", "codec_decode")
-# The graphs `--quantize int8` converts. The LM's step reads most of the weights a streaming step reads, and
+# The graphs `--quantize int8` converts: the LM's (its step, and its prefill, so that a prompt read in one call
+# continues with the same numbers). The LM's step reads most of the weights a streaming step reads, and
 # ONNX Runtime's dynamic int8 takes it from 63.3 to 39.8 ms at paper size (bench/onnx_lm_step.py, 2 cores
 # of an Intel Xeon); the codec's graphs stay float32, as PyTorch's int8 mode leaves their numbers alone.
-INT8_GRAPHS = ("lm_step",)
+INT8_GRAPHS = ("lm_step", "lm_prefill")
 
 
 class CodecEncode(nn.Module):
@@ -195,11 +198,51 @@ class LMStep(nn.Module):
         return torch.zeros(batch, dtype=torch.long), torch.zeros(shape), torch.zeros(shape)
 
 
+class _Recorded:
+    """A layer's keys and values of one call, kept (what `MultiHeadAttention` calls on its cache)."""
+
+    def append(self, k: Tensor, v: Tensor, keep_from: int) -> tuple[Tensor, Tensor]:
+        self.k, self.v = k, v
+        return k, v
+
+
+class LMPrefill(nn.Module):
+    """A WavSLM reading a whole prompt from nothing, for a graph: `qfeats (B, T, D) -> (logits (B, C, V),
+    keys, values)` with `T` a multiple of the chunk `C`: the last chunk's logits and the state `LMStep`
+    continues from at position `T` (every layer's last `window` keys and values, zeros before position
+    0). One call where `LMStep` takes `T / C`."""
+
+    def __init__(self, lm):
+        super().__init__()
+        enc = lm.encoder
+        if hasattr(enc, "positional_embedding"):
+            raise InputError("a WavSLM with a convolutional position embedding cannot be exported as a step yet")
+        self.lm, self.chunk, self.window = lm, enc.chunk_size, enc.window_size
+
+    def forward(self, qfeats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        from .modules.attention import chunk_mask, position_bias
+
+        enc, C, W = self.lm.encoder, self.chunk, self.window
+        x = qfeats.to(enc.layers[0].attention_norm.weight.dtype)
+        pos = torch.arange(x.shape[1], device=x.device)
+        mask = chunk_mask(pos, pos, C, W)
+        bias = position_bias(enc.relative_embedding, pos, pos, enc.max_distance).to(x.dtype)
+        keys, values = [], []
+        for layer in enc.layers:
+            cache = _Recorded()
+            x = layer(x, bias, mask, cache, 0)
+            for kept, new in ((keys, cache.k), (values, cache.v)):
+                kept.append(torch.cat([new.new_zeros(*new.shape[:2], W, new.shape[3]), new], dim=2)[:, :, -W:])
+        if hasattr(enc, "norm"):
+            x = enc.norm(x)
+        return self.lm.logits(x[:, -C:]), torch.stack(keys), torch.stack(values)
+
+
 def export_onnx(model, folder: str | Path, opset: int = OPSET, quantize: str = "none") -> list[str]:
     """Write the graphs of `model` (a `WavSLM` with its codec, or a `Codec`) and `export.json` into
     `folder` (replaced whole, or left as it was on an error); returns the graphs' names.
 
-    `quantize="int8"`: `lm_step.onnx` is ONNX Runtime's dynamic int8 (`INT8_GRAPHS`)."""
+    `quantize="int8"`: the LM's graphs are ONNX Runtime's dynamic int8 (`INT8_GRAPHS`)."""
     if quantize not in ("none", "int8"):
         raise InputError(f"quantize must be none or int8, got {quantize!r}")
     if quantize == "int8" and isinstance(model, Codec):
@@ -251,6 +294,10 @@ def export_onnx(model, folder: str | Path, opset: int = OPSET, quantize: str = "
             qfeats = codec.dequantize(toks[:, : step.chunk])
         graphs["lm_step"] = (step, (qfeats, *step.empty_state(2)), ["qfeats", "pos", "keys", "values"],
                              ["logits", "keys_out", "values_out"], ({0: batch}, {0: batch}, {1: batch}, {1: batch}))
+        with torch.no_grad():
+            prompt = codec.dequantize(toks[:, : 2 * step.chunk])
+        graphs["lm_prefill"] = (LMPrefill(lm).eval(), (prompt,), ["qfeats"], ["logits", "keys_out", "values_out"],
+                                ({0: batch, 1: chunks},))
         enc = lm.encoder
         meta["lm"] = {"chunk": step.chunk, "window": step.window, "layers": len(enc.layers), "heads": enc.num_heads,
                       "head_dim": enc.head_dim, "feature_dim": qfeats.shape[-1], "vocab_size": lm.config.vocab_size}

@@ -104,18 +104,22 @@ class OnnxWavSLM:
     def read(self, toks: np.ndarray):
         """Read prompts of one length, `(T,)` or `(B, T)` (whole chunks): the last chunk's logits and the
         state `(pos, keys, values, decompressor, decoder)`, each with the rows as its batch dimension.
-        The codec's streams start on the whole prompts at once (the decoder's audio is not kept); the LM
-        reads them chunk by chunk."""
+        The codec's streams start on the whole prompts at once (the decoder's audio is not kept), and so
+        does the LM (`lm_prefill`)."""
         C = self.chunk
         toks = np.asarray(toks, dtype=np.int64).reshape(-1, np.shape(toks)[-1])
         if toks.shape[1] == 0 or toks.shape[1] % C:
             raise InputError(f"a token prompt must be whole chunks of {C} tokens, got {toks.shape[1]}")
-        pos, keys, values = self.empty_state(len(toks))
         qfeats, contexts = self._codec_step("dequantize", toks, None)
         _, decoder = self._codec_step("synthesize", qfeats, None)
-        for start in range(0, toks.shape[1], C):
-            logits, keys, values = self.lm_step(np.ascontiguousarray(qfeats[:, start : start + C]), pos, keys, values)
-            pos = pos + C
+        if "lm_prefill" in self.sessions:  # one call (folders exported before it existed read chunk by chunk)
+            logits, keys, values = self.sessions["lm_prefill"].run(None, {"qfeats": qfeats})
+            pos = np.full(len(toks), toks.shape[1], np.int64)
+        else:
+            pos, keys, values = self.empty_state(len(toks))
+            for start in range(0, toks.shape[1], C):
+                logits, keys, values = self.lm_step(np.ascontiguousarray(qfeats[:, start : start + C]), pos, keys, values)
+                pos = pos + C
         return logits, (pos, keys, values, contexts, decoder)
 
     @property
