@@ -151,7 +151,18 @@ class SynthesizeStep(_CodecStep):
         return (sig, *torch.utils._pytree.tree_leaves(tree))
 
 
-class LMStep(nn.Module):
+class _LMGraph(nn.Module):
+    """A WavSLM's LM in a graph: its chunk and window (a convolutional position embedding is refused)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        enc = lm.encoder
+        if hasattr(enc, "positional_embedding"):
+            raise InputError("a WavSLM with a convolutional position embedding cannot be exported as a step yet")
+        self.lm, self.chunk, self.window = lm, enc.chunk_size, enc.window_size
+
+
+class LMStep(_LMGraph):
     """One next-chunk step of a WavSLM with its whole state as tensors, for a graph:
     `(qfeats (B, C, D), pos (B,), keys, values) -> (logits (B, C, V), keys', values')`, where `C` is the
     LM's chunk, `pos` each row's position (a multiple of `C`: steps read whole chunks), and `keys` /
@@ -164,14 +175,10 @@ class LMStep(nn.Module):
     """
 
     def __init__(self, lm):
-        super().__init__()
+        super().__init__(lm)
         from .modules.attention import position_bias
 
-        enc = lm.encoder
-        if hasattr(enc, "positional_embedding"):
-            raise InputError("a WavSLM with a convolutional position embedding cannot be exported as a step yet")
-        self.lm, self.chunk, self.window = lm, enc.chunk_size, enc.window_size
-        C, W = self.chunk, self.window
+        enc, C, W = lm.encoder, self.chunk, self.window
         with torch.no_grad():  # queries at W - C .. W - 1, keys at 0 .. W - 1: the distances of every step
             bias = position_bias(enc.relative_embedding, torch.arange(W - C, W), torch.arange(W), enc.max_distance)
         self.register_buffer("bias", bias, persistent=False)
@@ -206,18 +213,11 @@ class _Recorded:
         return k, v
 
 
-class LMPrefill(nn.Module):
+class LMPrefill(_LMGraph):
     """A WavSLM reading a whole prompt from nothing, for a graph: `qfeats (B, T, D) -> (logits (B, C, V),
     keys, values)` with `T` a multiple of the chunk `C`: the last chunk's logits and the state `LMStep`
     continues from at position `T` (every layer's last `window` keys and values, zeros before position
     0). One call where `LMStep` takes `T / C`."""
-
-    def __init__(self, lm):
-        super().__init__()
-        enc = lm.encoder
-        if hasattr(enc, "positional_embedding"):
-            raise InputError("a WavSLM with a convolutional position embedding cannot be exported as a step yet")
-        self.lm, self.chunk, self.window = lm, enc.chunk_size, enc.window_size
 
     def forward(self, qfeats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         from .modules.attention import chunk_mask, position_bias
