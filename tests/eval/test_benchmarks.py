@@ -200,6 +200,25 @@ def test_speed_swuggy_and_tstorycloze_layouts(pool, tmp_path):
     assert both["accuracy"] is None and "give one of them as --data" in both["warnings"][0]
 
 
+def test_speed_swuggy_columns_read_by_its_users(pool, tmp_path):
+    """The speed/sWUGGY columns that code loading it reads (potsawee/blueberry-eval, sWUGGY/inference_speech_0shot.py):
+    `id`, `positive`/`negative` audio, `positive_word`/`negative_word`, one `train` split. No frequency column:
+    there is no in-vocabulary subset, and the item is the id."""
+    clips, nll = pool
+    m = nll["mean"]
+    rows = [(7, "c0", "c1", "brick", "brack"), (8, "c3", "c2", "stone", "stoun"), (8, "c4", "c5", "stone", "stoun")]
+    file = tmp_path / "data" / "train-00000-of-00001.parquet"
+    file.parent.mkdir()
+    pq.write_table(pa.table({"id": pa.array([r[0] for r in rows], pa.int64()),
+                             "positive": pa.array([_cell(clips[r[1]]) for r in rows], _audio_type()),
+                             "negative": pa.array([_cell(clips[r[2]]) for r in rows], _audio_type()),
+                             "positive_word": [r[3] for r in rows], "negative_word": [r[4] for r in rows]}), file)
+    result = run_zeroshot("--task", "swuggy", "--data", tmp_path, "--model", MODEL)
+    by_id = {7: outcome(m, "c0", "c1"), 8: (outcome(m, "c3", "c2") + outcome(m, "c4", "c5")) / 2}
+    assert result["num_pairs"] == 3 and result["accuracy"] == pytest.approx(sum(by_id.values()) / 2)
+    assert "in-vocab" not in result.get("subsets", {})
+
+
 def test_salmon_parquet_layout_skips_the_all_configs(pool, tmp_path):
     """slprl/SALMon: <part>/train-00000-of-00001.parquet with task, ind, positive_audio, negative_audio."""
     clips, nll = pool
