@@ -13,7 +13,7 @@ from wavslm.recipe import CODEC_SUBSTAGES, resolve_recipe
 # The tiny preset's architecture with a few steps per stage and a few minutes of corpus.
 MICRO = [
     "recipe.corpus.hours=0.04", "recipe.bench.pairs=4", "recipe.eval.codec_files=2", "recipe.eval.prompts=1",
-    "recipe.eval.seconds=1.0", "recipe.eval.stage_files=2",
+    "recipe.eval.seconds=1.0", "recipe.eval.stage_files=2", "recipe.calibrate.files=2",
     "ssl.train.steps=4", "ssl.train.valid_every=4", "ssl.train.log_every=1", "ssl.targets.iters=5",
     "codec.train.batch_size=4", "codec.train.valid_batches=1", "codec.data.max_seconds=4.0",
     "lm.train.steps=6", "lm.train.valid_every=6", "lm.train.batch_size=4", "lm.data.crop_tokens=64",
@@ -37,8 +37,8 @@ def run(tmp_path_factory):
 
 def test_every_stage_ran_and_the_report_holds_every_metric(run):
     report = json.loads((run / "run" / "report.json").read_text())
-    assert list(report["seconds"]) == ["corpus", "ssl", *(f"codec_{s}" for s in CODEC_SUBSTAGES), "tokenize", "lm",
-                                       "bench", "eval"]
+    assert list(report["seconds"]) == ["corpus", "ssl", *(f"codec_{s}" for s in CODEC_SUBSTAGES), "calibrate",
+                                       "tokenize", "lm", "bench", "eval"]
     suite = report["eval"]["synthetic_suite"]
     assert sorted(suite) == ["lexical", "speaker_consistency", "syntactic", "topic_story"]
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["num_pairs"] == 4 for r in suite.values())
@@ -52,6 +52,15 @@ def test_every_stage_ran_and_the_report_holds_every_metric(run):
         assert -1.0 <= scores["stoi"] <= 1.0 and 0.0 <= scores["vde"] <= 1.0
     saved = json.loads((run / "run" / "codec_joint" / "scores.json").read_text())
     assert saved == {**by_stage["joint"], "files": 2}
+    calibration = report["calibration"]  # the voiced noise gain, chosen on validation speech, is the LM's codec's
+    assert calibration["files"] == 2 and calibration["previous"] == 1.0
+    assert sorted(calibration["gains"]) == sorted(f"{g:g}" for g in (1.0, 0.7, 0.5, 0.35, 0.25, 0.15))
+    chosen = calibration["gains"][f"{calibration['chosen']:g}"]
+    assert chosen["stoi"] >= calibration["gains"]["1"]["stoi"] - 0.01
+    assert all(chosen["vde"] <= row["vde"] for row in calibration["gains"].values()
+               if row["stoi"] >= calibration["gains"]["1"]["stoi"] - 0.01)
+    codec = Codec.from_pretrained(run / "bundle" / "codec")
+    assert codec.decoder.config.voiced_noise_gain == calibration["chosen"]
 
 
 def test_a_second_run_skips_every_finished_stage(run, capsys):

@@ -1,7 +1,7 @@
 """`wavslm recipe`: the whole stack from nothing, stage by stage, in one run folder.
 
-    corpus -> ssl -> codec (decoder, posemb, encoder, quantizer, joint, finetune) -> tokenize -> lm -> bench -> eval
-    -> report
+    corpus -> ssl -> codec (decoder, posemb, encoder, quantizer, joint, finetune) -> calibrate -> tokenize -> lm
+    -> bench -> eval -> report
 
 Every stage writes into its own sub-folder of RUN and is skipped once done, so running the same command
 again after a kill continues where it stopped (a stage cut mid-training resumes from its last checkpoint).
@@ -57,11 +57,18 @@ class EvalConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    files: int = 8  # validation utterances on which the decoder's voiced noise gain is chosen (0: not calibrated)
+    stoi_tolerance: float = 0.01  # the STOI a gain may lose against the trained decoder's
+
+
+@dataclass
 class RecipeConfig:
     LEGACY_KEYS: ClassVar[dict[str, str | None]] = {"codec_steps": "codec_substages"}
 
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     codec_substages: dict[str, list[str]] = field(default_factory=dict)  # name -> `--set` overrides of `codec:`
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -109,7 +116,7 @@ class Recipe:
         self._write_config()
         stages = [("corpus", self.make_corpus), ("ssl", self.train_ssl)]
         stages += [(f"codec_{name}", lambda s=name: self.train_codec(s)) for name in CODEC_SUBSTAGES]
-        stages += [("tokenize", self.tokenize), ("lm", self.train_lm)]
+        stages += [("calibrate", self.calibrate), ("tokenize", self.tokenize), ("lm", self.train_lm)]
         if self.synthetic:
             stages += [("bench", self.make_bench)]
         stages += [("eval", self.evaluate)]
@@ -176,8 +183,30 @@ class Recipe:
             print(f"recipe: codec {substage}: STOI {scores['stoi']:.3f}, VDE {_fmt(scores['vde'])}, GPE "
                   f"{_fmt(scores['gpe'])} on {len(files)} held-out utterances", flush=True)
 
+    def calibrate(self) -> None:
+        """The harmonic-plus-noise decoder's voiced noise gain, chosen on validation speech
+        (`train.codec.calibrate`); another decoder, or `recipe.calibrate.files: 0`, leaves the codec as trained."""
+        from .codec import Codec
+        from .eval.recipe_eval import held_out_files
+        from .modules.harmonic import HarmonicNoise
+        from .train.codec.calibrate import calibrate_noise
+
+        trained = self.run_dir / f"codec_{CODEC_SUBSTAGES[-1]}" / "export" / "codec"
+        c = self.recipe.calibrate
+        if not c.files or not isinstance(Codec.from_pretrained(trained).decoder, HarmonicNoise):
+            return
+        files = held_out_files(self.corpus / "valid.jsonl", c.files)
+        result = calibrate_noise(trained, files, self.run_dir / "calibrate", stoi_tolerance=c.stoi_tolerance)
+        row = result["gains"][f"{result['chosen']:g}"]
+        print(f"recipe: calibrate: voiced noise gain {result['chosen']:g} (STOI {row['stoi']:.3f}, VDE "
+              f"{_fmt(row['vde'])} on {len(files)} validation utterances)", flush=True)
+
     @property
     def codec_dir(self) -> Path:
+        """The codec the LM reads: the calibrated one when the recipe calibrated it."""
+        calibrated = self.run_dir / "calibrate" / "codec"
+        if (calibrated / "config.json").is_file():
+            return calibrated
         return self.run_dir / f"codec_{CODEC_SUBSTAGES[-1]}" / "export" / "codec"
 
     def tokenize(self) -> None:
@@ -232,8 +261,11 @@ class Recipe:
         by_stage = {substage: {k: v for k, v in json.loads(path.read_text()).items() if k != "files"}
                     for substage in CODEC_SUBSTAGES
                     if (path := self.run_dir / f"codec_{substage}" / "scores.json").is_file()}
+        calibration = self.run_dir / "calibrate" / "scores.json"
         report = {"run_dir": str(self.run_dir), "seconds": self.timings,
-                  "total_seconds": sum(self.timings.values()), "codec_by_stage": by_stage, "eval": evaluation}
+                  "total_seconds": sum(self.timings.values()), "codec_by_stage": by_stage,
+                  "calibration": json.loads(calibration.read_text()) if calibration.is_file() else None,
+                  "eval": evaluation}
         write_json(self.run_dir / "report.json", report)
         return report
 
@@ -349,6 +381,12 @@ def model_card(report: dict, run_dir: Path, folder: Path, command: str) -> str:
                   "| sub-stage | STOI | voicing error | gross pitch error | F0 RMSE (cents) |", "|---|---|---|---|---|",
                   *[f"| {k} | {_fmt(v.get('stoi'))} | {_fmt(v.get('vde'))} | {_fmt(v.get('gpe'))} | "
                     f"{_fmt(v.get('f0_rmse_cents'), 0)} |" for k, v in report["codec_by_stage"].items()]]
+    if report.get("calibration"):
+        c = report["calibration"]
+        lines += ["", f"The decoder's voiced noise gain, chosen on {c['files']} validation utterances (training voices): "
+                  f"{c['chosen']:g} ({c['criterion']}, tolerance {c['stoi_tolerance']:g}):", "",
+                  "| voiced noise gain | STOI | voicing error | gross pitch error |", "|---|---|---|---|",
+                  *[f"| {g} | {_fmt(v['stoi'])} | {_fmt(v['vde'])} | {_fmt(v['gpe'])} |" for g, v in c["gains"].items()]]
     g = e["generation"]
     lines += ["", f"Generation: {g['num_continuations']} continuations of {g['settings']['prompt_seconds']} s "
               f"held-out prompts, {g['settings']['seconds']} s each (top-p {g['settings']['top_p']}, "

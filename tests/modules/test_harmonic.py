@@ -160,3 +160,23 @@ def test_voicing_mutes_the_noise_below_the_cutoff():
     assert voiced.low_bands.tolist() == [1.0, 1.0, 0.0, 0.0] and free.low_bands.tolist() == [0.0] * 4
     torch.testing.assert_close(gated.noise[..., :2], plain.noise[..., :2] * (1 - gated.voicing[..., None]))
     torch.testing.assert_close(gated.noise[..., 2:], plain.noise[..., 2:])
+
+
+@torch.no_grad()
+def test_the_voiced_noise_gain_scales_only_voiced_noise_above_the_cutoff():
+    """With `voiced_noise_gain` g a voiced frame keeps (1 - voicing * (1 - g)) of its noise above the cutoff;
+    below it the noise is muted as before, the weights (and the harmonics) are untouched, and the decoder
+    still streams exactly."""
+    plain, quiet = tiny(), tiny(voiced_noise_gain=0.25)
+    qfeats = torch.randn(1, 30, 12)
+    a, _ = plain.controls(qfeats)
+    b, _ = quiet.controls(qfeats)
+    torch.testing.assert_close(b.noise[..., :2], a.noise[..., :2])
+    torch.testing.assert_close(b.noise[..., 2:], a.noise[..., 2:] * (1 - 0.75 * a.voicing[..., None]))
+    torch.testing.assert_close(b.harmonics, a.harmonics)
+    assert sorted(quiet.state_dict()) == sorted(plain.state_dict())
+    full, _ = quiet(qfeats)
+    streamed, _ = stream(quiet, qfeats, 4)
+    assert (streamed - full).abs().max() < 5e-4 * full.abs().max()
+    with pytest.raises(InputError, match="needs 0 <= voiced_noise_gain <= 1, got 1.5"):
+        tiny(voiced_noise_gain=1.5)

@@ -14,7 +14,13 @@ synthesiser turns it into samples:
     noise     amplitudes of `noise_bands` equal-width bands of a fixed band-limited noise; voicing mutes the
               bands below `voiced_noise_cutoff` (a voiced frame's low frequencies are harmonics, so the
               noise cannot stand in for harmonics whose F0 is not yet right: the failure mode of such
-              decoders, which then sound whispered)
+              decoders, which then sound whispered), and scales the bands above it towards
+              `voiced_noise_gain` (1: left as predicted)
+
+Spectral losses let noise stand in for harmonics whose frequencies are not quite right, so a decoder
+trained on them alone renders voiced frames noisier than speech: a pitch tracker then hears many of them
+as unvoiced. `voiced_noise_gain` corrects that after training, without touching the weights (the recipe
+measures it on validation speech: `wavslm.train.codec.calibrate`).
 
 Within frame t every control moves linearly from frame t-1's value to frame t's, reaching it on the
 frame's last sample. The oscillator's phase is the running sum of 2*pi*f0/sample_rate (float64). The
@@ -59,6 +65,7 @@ class HarmonicNoiseConfig:
     noise_period: int = 65536
     noise_seed: int = 0
     voiced_noise_cutoff: float = 2000.0  # Hz: voicing silences the noise bands below (0: never)
+    voiced_noise_gain: float = 1.0  # the noise a fully voiced frame keeps above the cutoff (1: all of it)
     causal: bool = True
 
     @classmethod
@@ -135,6 +142,8 @@ class HarmonicNoise(nn.Module):
         if not 0 < config.f0_min < config.f0_max < config.sample_rate / 2:
             raise InputError(f"a HarmonicNoise decoder needs 0 < f0_min < f0_max < sample_rate / 2, got "
                              f"f0_min={config.f0_min}, f0_max={config.f0_max}, sample_rate={config.sample_rate}")
+        if not 0.0 <= config.voiced_noise_gain <= 1.0:
+            raise InputError(f"a HarmonicNoise decoder needs 0 <= voiced_noise_gain <= 1, got {config.voiced_noise_gain}")
         for key in ("hop_length", "sample_rate", "num_harmonics", "envelope_bins", "noise_bands", "noise_period"):
             if getattr(config, key) < (2 if key == "envelope_bins" else 1):
                 raise InputError(f"a HarmonicNoise decoder needs a positive {key}, got {getattr(config, key)}")
@@ -157,7 +166,10 @@ class HarmonicNoise(nn.Module):
         self.register_buffer("noise_table", band_noise(config.noise_bands, config.noise_period, config.noise_seed),
                              persistent=False)
         starts = torch.arange(config.noise_bands, device="cpu") * (config.sample_rate / 2 / config.noise_bands)
-        self.register_buffer("low_bands", (starts < config.voiced_noise_cutoff).float(), persistent=False)
+        low = (starts < config.voiced_noise_cutoff).float()
+        self.register_buffer("low_bands", low, persistent=False)
+        # What full voicing takes from each band: all of it below the cutoff, 1 - voiced_noise_gain above.
+        self.register_buffer("voiced_mute", low + (1 - low) * (1 - config.voiced_noise_gain), persistent=False)
 
     # ---- controls ---------------------------------------------------------------------------------
 
@@ -181,7 +193,7 @@ class HarmonicNoise(nn.Module):
         env = torch.gather(envelope, -1, low) * (1 - frac) + torch.gather(envelope, -1, low + 1) * frac
         harmonics = _amplitude(env) * (freqs < nyquist)
         voicing = torch.sigmoid(voicing_logit)
-        noise = _amplitude(noise) * (1 - voicing[..., None] * self.low_bands)
+        noise = _amplitude(noise) * (1 - voicing[..., None] * self.voiced_mute)
         return Controls(f0, voicing, harmonics, noise), backbone
 
     # ---- synthesis --------------------------------------------------------------------------------
