@@ -200,6 +200,7 @@ def cmd_recipe(args: argparse.Namespace) -> None:
     print(f"recipe: done in {report['total_seconds'] / 60:.1f} min; report in {args.output / 'report.json'}, "
           f"models in {args.output / 'lm' / 'export'}")
     if args.compare:
+        print(f"recipe: evaluating {args.compare} on the same held-out data and suite (--compare)", flush=True)
         recipe.compare(args.compare)
         print(f"recipe: {args.compare} evaluated the same way, in {args.output / 'compare.json'}")
     if args.bundle:

@@ -163,16 +163,16 @@ def test_voicing_mutes_the_noise_below_the_cutoff():
 
 
 @torch.no_grad()
-def test_the_voiced_noise_gain_scales_only_voiced_noise_above_the_cutoff():
-    """With `voiced_noise_gain` g a voiced frame keeps (1 - voicing * (1 - g)) of its noise above the cutoff;
-    below it the noise is muted as before, the weights (and the harmonics) are untouched, and the decoder
-    still streams exactly."""
+def test_the_voiced_noise_gain_scales_the_noise_of_voiced_frames():
+    """With `voiced_noise_gain` g every band keeps (1 - voicing * (1 - g)) of the noise it had (below the
+    cutoff, on top of voicing's mute); the weights (and the harmonics) are untouched, and the decoder still
+    streams exactly."""
     plain, quiet = tiny(), tiny(voiced_noise_gain=0.25)
     qfeats = torch.randn(1, 30, 12)
     a, _ = plain.controls(qfeats)
     b, _ = quiet.controls(qfeats)
-    torch.testing.assert_close(b.noise[..., :2], a.noise[..., :2])
-    torch.testing.assert_close(b.noise[..., 2:], a.noise[..., 2:] * (1 - 0.75 * a.voicing[..., None]))
+    assert 0.2 < float(a.voicing.min()) and float(a.voicing.max()) < 0.8  # partly voiced: both factors matter
+    torch.testing.assert_close(b.noise, a.noise * (1 - 0.75 * a.voicing[..., None]))
     torch.testing.assert_close(b.harmonics, a.harmonics)
     assert sorted(quiet.state_dict()) == sorted(plain.state_dict())
     full, _ = quiet(qfeats)

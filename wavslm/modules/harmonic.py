@@ -14,8 +14,8 @@ synthesiser turns it into samples:
     noise     amplitudes of `noise_bands` equal-width bands of a fixed band-limited noise; voicing mutes the
               bands below `voiced_noise_cutoff` (a voiced frame's low frequencies are harmonics, so the
               noise cannot stand in for harmonics whose F0 is not yet right: the failure mode of such
-              decoders, which then sound whispered), and scales the bands above it towards
-              `voiced_noise_gain` (1: left as predicted)
+              decoders, which then sound whispered), and scales every band by 1 - voicing * (1 -
+              `voiced_noise_gain`) (1: left as predicted)
 
 Spectral losses let noise stand in for harmonics whose frequencies are not quite right, so a decoder
 trained on them alone renders voiced frames noisier than speech: a pitch tracker then hears many of them
@@ -65,7 +65,7 @@ class HarmonicNoiseConfig:
     noise_period: int = 65536
     noise_seed: int = 0
     voiced_noise_cutoff: float = 2000.0  # Hz: voicing silences the noise bands below (0: never)
-    voiced_noise_gain: float = 1.0  # the noise a fully voiced frame keeps above the cutoff (1: all of it)
+    voiced_noise_gain: float = 1.0  # the noise a fully voiced frame keeps, above the cutoff (1: all of it)
     causal: bool = True
 
     @classmethod
@@ -166,10 +166,7 @@ class HarmonicNoise(nn.Module):
         self.register_buffer("noise_table", band_noise(config.noise_bands, config.noise_period, config.noise_seed),
                              persistent=False)
         starts = torch.arange(config.noise_bands, device="cpu") * (config.sample_rate / 2 / config.noise_bands)
-        low = (starts < config.voiced_noise_cutoff).float()
-        self.register_buffer("low_bands", low, persistent=False)
-        # What full voicing takes from each band: all of it below the cutoff, 1 - voiced_noise_gain above.
-        self.register_buffer("voiced_mute", low + (1 - low) * (1 - config.voiced_noise_gain), persistent=False)
+        self.register_buffer("low_bands", (starts < config.voiced_noise_cutoff).float(), persistent=False)
 
     # ---- controls ---------------------------------------------------------------------------------
 
@@ -193,7 +190,9 @@ class HarmonicNoise(nn.Module):
         env = torch.gather(envelope, -1, low) * (1 - frac) + torch.gather(envelope, -1, low + 1) * frac
         harmonics = _amplitude(env) * (freqs < nyquist)
         voicing = torch.sigmoid(voicing_logit)
-        noise = _amplitude(noise) * (1 - voicing[..., None] * self.voiced_mute)
+        noise = _amplitude(noise) * (1 - voicing[..., None] * self.low_bands)
+        if c.voiced_noise_gain != 1.0:
+            noise = noise * (1 - voicing[..., None] * (1 - c.voiced_noise_gain))
         return Controls(f0, voicing, harmonics, noise), backbone
 
     # ---- synthesis --------------------------------------------------------------------------------
