@@ -266,16 +266,3 @@ def test_the_cli_verbs_ci_runs(tmp_path, capsys):
     assert len(list((tmp_path / "bench" / "salmon" / "speaker_consistency").glob("sample_*_0.wav"))) == 100
     out = capsys.readouterr().out
     assert "corpus" in out.lower() and "bench" in out.lower()
-
-
-def test_training_voices_spread_their_pitch_and_held_out_voices_keep_theirs():
-    train, test = synth.voice_inventory(0)
-    def is_female(v):
-        return v.variant.startswith("f") or v.variant in ("Annie", "anika", "linda", "steph")
-
-    female, other = [v.pitch for v in train if is_female(v)], [v.pitch for v in train if not is_female(v)]
-    for group in (female, other):  # evenly from the lowest to the highest of TRAIN_PITCHES, in a seeded order
-        assert min(group) == synth.TRAIN_PITCHES[0] and max(group) == synth.TRAIN_PITCHES[1]
-        assert len(set(group)) == len(group) and group != sorted(group)
-    assert [v.pitch for v in test] == [53, 57, 55, 52, 65, 51]  # drawn in 35-65, as before the spread
-    assert synth.voice_inventory(0) == (train, test)

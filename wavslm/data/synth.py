@@ -25,7 +25,7 @@ import random
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -43,10 +43,6 @@ HUMAN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f
                   "klatt4", "Alex", "Andy", "Annie", "adam", "anika", "benjamin", "david", "edward", "ian",
                   "john", "linda", "max", "paul", "robert", "steph", "travis", "victor")
 MIN_SECONDS, MAX_SECONDS = 2.0, 8.0
-# espeak's pitch (0-100, 50: the variant's own) of the training voices, from lowest to highest; measured
-# median F0 over the inventory of seed 0 (one sentence each, pYIN): 66-159 Hz for the male variants,
-# 128-297 Hz for the female ones.
-TRAIN_PITCHES = (20, 90)
 # Every 8th paragraph is spoken by a test voice (12.5% of the corpus), every 20th other one is valid.
 TEST_EVERY, VALID_EVERY = 8, 20
 
@@ -57,11 +53,6 @@ def voice_inventory(seed: int = 0, num_voices: int = 48, num_test: int = 6) -> t
     Each voice is an English language voice x a variant, every pair used at most once and the languages
     and variants spread evenly, with its own base pitch, pitch range and rate. `num_test` of them are
     held out, at least a third of them female so speaker tests see both.
-
-    The training voices' base pitches are spread evenly over `TRAIN_PITCHES`, the female variants and the
-    others each on their own (in a seeded order), so that the training speech covers the F0 a new voice
-    may bring. Drawn like the held-out voices' (35-65), the 42 training voices' median F0 reached 256 Hz
-    and a held-out voice at 290 Hz was rendered by the tiny codec an octave low on nearly every frame.
     """
     rng = random.Random(f"voices-{seed}")
     languages = espeak.english_languages()
@@ -81,15 +72,7 @@ def voice_inventory(seed: int = 0, num_voices: int = 48, num_test: int = 6) -> t
     female = [v for v in voices if v.variant.startswith("f") or v.variant in ("Annie", "anika", "linda", "steph")]
     test = rng.sample(female, min(len(female), max(1, num_test // 3)))
     test += rng.sample([v for v in voices if v not in test], num_test - len(test))
-    train = [v for v in voices if v not in test]
-    spread = random.Random(f"train-pitches-{seed}")
-    pitches: dict[str, int] = {}
-    for group in ([v for v in train if v in female], [v for v in train if v not in female]):
-        low, high = TRAIN_PITCHES
-        steps = [round(low + (high - low) * i / max(1, len(group) - 1)) for i in range(len(group))]
-        spread.shuffle(steps)
-        pitches.update({v.name: p for v, p in zip(group, steps, strict=True)})
-    return [replace(v, pitch=pitches[v.name]) for v in train], sorted(test, key=lambda v: v.name)
+    return [v for v in voices if v not in test], sorted(test, key=lambda v: v.name)
 
 
 def utterance_text(rng: random.Random, topic: str, voice: Voice) -> tuple[str, np.ndarray]:
