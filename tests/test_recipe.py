@@ -1,5 +1,6 @@
 """`wavslm recipe`: the whole stack from nothing on a micro config, end to end, then bundled and demoed."""
 
+import contextlib
 import json
 
 import pytest
@@ -22,16 +23,23 @@ MICRO = [
 ]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("recipe")
+@contextlib.contextmanager
+def one_thread():
+    """PyTorch on one thread: the recipe's numbers then do not depend on the machine's core count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        args = ["recipe", "tiny", "-o", str(folder / "run"), "--bundle", str(folder / "bundle")]
-        assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipe")
+    with one_thread():
+        args = ["recipe", "tiny", "-o", str(folder / "run"), "--bundle", str(folder / "bundle")]
+        assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
     return folder
 
 
@@ -57,8 +65,12 @@ def test_every_stage_ran_and_the_report_holds_every_metric(run):
     assert sorted(calibration["gains"]) == sorted(f"{g:g}" for g in (1.0, 0.7, 0.5, 0.35, 0.25, 0.15))
     chosen = calibration["gains"][f"{calibration['chosen']:g}"]
     assert chosen["stoi"] >= calibration["gains"]["1"]["stoi"] - 0.01
-    assert all(chosen["vde"] + chosen["gpe"] <= row["vde"] + row["gpe"] for row in calibration["gains"].values()
-               if row["stoi"] >= calibration["gains"]["1"]["stoi"] - 0.01)
+    eligible = [row for row in calibration["gains"].values()  # a pitch error is None where no frame qualifies
+                if row["stoi"] >= calibration["gains"]["1"]["stoi"] - 0.01 and None not in (row["vde"], row["gpe"])]
+    if eligible:
+        assert all(chosen["vde"] + chosen["gpe"] <= row["vde"] + row["gpe"] for row in eligible)
+    else:  # nothing to choose between: the trained decoder's gain stays
+        assert calibration["chosen"] == 1.0
     codec = Codec.from_pretrained(run / "bundle" / "codec")
     assert codec.decoder.config.voiced_noise_gain == calibration["chosen"]
 
@@ -95,7 +107,8 @@ def test_compare_sets_another_model_beside_the_run_in_the_card(run):
     """`--compare`: the model the run is to replace, scored on the run's own held-out data and suite."""
     other = run / "bundle" / "lm"
     args = ["recipe", "tiny", "-o", str(run / "run"), "--compare", str(other), "--bundle", str(run / "b2")]
-    assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
+    with one_thread():  # as the run was evaluated: float sums of another thread count move DNSMOS by ~0.004
+        assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
     compared = json.loads((run / "run" / "compare.json").read_text())
     assert compared["model"] == str(other)
     card = (run / "b2" / "README.md").read_text()
@@ -103,10 +116,11 @@ def test_compare_sets_another_model_beside_the_run_in_the_card(run):
     # The same model, the same data and seeds: before and after agree on every row (DNSMOS's ONNX runtime
     # may differ in the last printed digit from one session to the next: measured 1.116 against 1.117).
     rows = [line.split(" | ") for line in card.split("## Before and after")[1].splitlines() if line.startswith("| ")]
-    body = [(r[1], r[2].rstrip(" |")) for r in rows[1:] if len(r) == 3]  # rows[0] is the header
+    body = [(r[0], r[1], r[2].rstrip(" |")) for r in rows[1:] if len(r) == 3]  # rows[0] is the header
     assert len(body) > 20
-    for before, after in body:
-        assert before == after if "n/a" in (before, after) else abs(float(before) - float(after)) <= 0.002, body
+    for _, before, after in body:
+        assert before == after if "n/a" in (before, after) else abs(float(before) - float(after)) <= 0.002, \
+            [row for row in body if row[1] != row[2]]
 
 
 def test_recipe_settings_errors_name_the_key():
