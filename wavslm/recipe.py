@@ -186,14 +186,13 @@ class Recipe:
     def calibrate(self) -> None:
         """The harmonic-plus-noise decoder's voiced noise gain, chosen on validation speech
         (`train.codec.calibrate`); another decoder, or `recipe.calibrate.files: 0`, leaves the codec as trained."""
-        from .codec import Codec
         from .eval.recipe_eval import held_out_files
-        from .modules.harmonic import HarmonicNoise
         from .train.codec.calibrate import calibrate_noise
 
         trained = self.run_dir / f"codec_{CODEC_SUBSTAGES[-1]}" / "export" / "codec"
         c = self.recipe.calibrate
-        if not c.files or not isinstance(Codec.from_pretrained(trained).decoder, HarmonicNoise):
+        decoder = json.loads((trained / "config.json").read_text()).get("decoder_name")
+        if not c.files or decoder != "HarmonicNoise":
             return
         files = held_out_files(self.corpus / "valid.jsonl", c.files)
         result = calibrate_noise(trained, files, self.run_dir / "calibrate", stoi_tolerance=c.stoi_tolerance)

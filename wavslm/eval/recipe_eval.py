@@ -47,11 +47,10 @@ def stage_scores(substage: str, codec_ref: str | Path, teacher_ref: str | Path, 
     defined."""
     import torch
 
-    from ..audio import load_audio, resample
+    from ..audio import load_audio
     from ..codec import Codec
     from ..train.codec.quantized import without_refiner
     from ..train.codec.teacher import load_teacher
-    from . import metrics
 
     codec = Codec.from_pretrained(codec_ref).eval()
     teacher = load_teacher(str(teacher_ref), teacher_layers) if substage == "decoder" else None
@@ -68,15 +67,24 @@ def stage_scores(substage: str, codec_ref: str | Path, teacher_ref: str | Path, 
                 out = codec.decoder(qfeats)[0]
             else:
                 out = codec.decode(codec.encode(sig))
-        ref = resample(sig.reshape(-1), codec.sample_rate_input, metrics.RATE)
-        rec = resample(out.reshape(-1), codec.sample_rate_output, metrics.RATE)
-        n = min(len(ref), len(rec))
-        ref, rec = ref[:n].numpy(), rec[:n].numpy()
-        measured = {"stoi": metrics.stoi(ref, rec, metrics.RATE), **metrics.pitch(ref, rec, metrics.RATE)}
+        measured = resynthesis_scores(codec, sig, out)
         for key in STAGE_METRICS:
             if measured[key] is not None:
                 scores[key].append(measured[key])
     return {k: sum(v) / len(v) if v else None for k, v in scores.items()}
+
+
+def resynthesis_scores(codec, sig, out) -> dict[str, float | None]:
+    """STOI and the pitch errors (`metrics.pitch`) of `out` (at the codec's output rate) against `sig` (at its
+    input rate), both at the metrics' rate and trimmed to the shorter."""
+    from ..audio import resample
+    from . import metrics
+
+    ref = resample(sig.reshape(-1), codec.sample_rate_input, metrics.RATE)
+    rec = resample(out.reshape(-1), codec.sample_rate_output, metrics.RATE)
+    n = min(len(ref), len(rec))
+    ref, rec = ref[:n].numpy(), rec[:n].numpy()
+    return {"stoi": metrics.stoi(ref, rec, metrics.RATE), **metrics.pitch(ref, rec, metrics.RATE)}
 
 
 def evaluate_run(lm_dir: str | Path, test_manifest: str | Path, bench_dir: str | Path | None, cfg) -> dict:

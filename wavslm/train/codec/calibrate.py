@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ...audio import load_audio, resample
+from ...audio import load_audio
 from ...codec import Codec
 from ...errors import InputError
 from ...io import write_folder, write_json
@@ -34,7 +34,7 @@ def calibrate_noise(codec_dir: str | Path, files: list[Path], out_dir: str | Pat
                     stoi_tolerance: float = 0.01) -> dict:
     """Measure `gains` on `files` through `codec_dir`'s tokens and write the codec with the chosen one to
     `out_dir/codec` (and the table to `out_dir/scores.json`); returns the table."""
-    from ...eval import metrics
+    from ...eval.recipe_eval import resynthesis_scores
 
     codec_dir = Path(codec_dir)
     codec = Codec.from_pretrained(codec_dir).eval()
@@ -53,14 +53,10 @@ def calibrate_noise(codec_dir: str | Path, files: list[Path], out_dir: str | Pat
     measured: dict[float, dict[str, list[float]]] = {g: {"stoi": [], "vde": [], "gpe": []} for g in grid}
     for path in files:
         sig, _ = load_audio(path, sample_rate=codec.sample_rate_input, mono=True)
-        ref = resample(sig.reshape(-1), codec.sample_rate_input, metrics.RATE)
         with torch.inference_mode():
             qfeats = codec.dequantize(codec.encode(sig))
             for gain, decoder in decoders.items():
-                out = resample(decoder(qfeats)[0].reshape(-1), codec.sample_rate_output, metrics.RATE)
-                n = min(len(ref), len(out))
-                pitch = metrics.pitch(ref[:n].numpy(), out[:n].numpy(), metrics.RATE)
-                scores = {"stoi": metrics.stoi(ref[:n].numpy(), out[:n].numpy(), metrics.RATE), **pitch}
+                scores = resynthesis_scores(codec, sig, decoder(qfeats)[0])
                 for key, values in measured[gain].items():
                     if scores[key] is not None:
                         values.append(scores[key])
