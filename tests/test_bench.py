@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import REFERENCE
 
 from wavslm import WavSLM
 from wavslm.benchmark import build, run_bench
@@ -118,3 +119,55 @@ def test_gpu_check_runs_on_the_cpu_at_tiny_size(tmp_path):
         assert "error" not in row and row["throughput"] > 0 and row["unit"] in ("tokens_per_s", "audio_seconds_per_s")
     assert [r["batch"] for r in report["streaming"]] == [1, 2] and all(r["stream_rtf"] > 0 for r in report["streaming"])
     assert report["equality"] is None and "train lm" in done.stdout
+
+
+def _random_checkpoint(folder):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "random_checkpoint.py"
+    subprocess.run([sys.executable, str(script), "--size", "tiny", "-o", str(folder)], check=True, capture_output=True)
+    return folder / "lm"
+
+
+@pytest.mark.parametrize("ref", ["bundled", "reference", "random"])
+def test_int8_straight_from_the_files_is_the_model_converted_after_loading(ref, tmp_path):
+    """`load_lm(optimize="int8")` fills and converts part by part (the float32 model never whole); the result
+    is exactly the float32 model converted after loading: logits, encoding and decoding."""
+    from wavslm.modules.linear import Int8Linear
+    from wavslm.pretrained import BUNDLED_LM, load_lm
+
+    path = {"bundled": lambda: BUNDLED_LM, "reference": lambda: REFERENCE / "wavslm_tiny",
+            "random": lambda: _random_checkpoint(tmp_path)}[ref]()
+    straight = load_lm(str(path), optimize="int8")
+    after = optimize_for_inference(WavSLM.from_pretrained(path), quantize="int8")
+    count = [sum(isinstance(m, Int8Linear) for m in model.modules()) for model in (straight, after)]
+    assert count[0] == count[1] > 0 and not any(p.is_meta for p in straight.parameters())
+    toks = torch.randint(0, straight.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    sig = torch.randn(1, straight.codec.chunk_size * 6, generator=torch.Generator().manual_seed(1)) * 0.1
+    with torch.inference_mode():
+        feats = [model.codec.dequantize(toks) for model in (straight, after)]
+        assert torch.equal(feats[0], feats[1])
+        assert torch.equal(straight(feats[0])[0], after(feats[1])[0])
+        assert torch.equal(straight.codec.encode(sig), after.codec.encode(sig))
+        assert torch.equal(straight.codec.decode(toks[:1]), after.codec.decode(toks[:1]))
+
+
+def test_int8_straight_from_misfitting_files_is_one_clear_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from wavslm.errors import InputError
+    from wavslm.pretrained import load_lm
+
+    lm = _random_checkpoint(tmp_path)
+    state = load_file(lm / "model.safetensors")
+    state["head.weight"] = state["head.weight"][:-1]
+    save_file(state, lm / "model.safetensors")
+    with pytest.raises(InputError, match=r"do not fit the model: shape mismatch for head.weight"):
+        load_lm(str(lm), optimize="int8")
+
+
+def test_the_bench_reads_a_saved_model_straight_into_int8(tmp_path):
+    report = run_bench(batches=(1,), quantize="int8", steps=2, seconds=0.5, model=str(_random_checkpoint(tmp_path)))
+    assert report["model"].endswith("lm") and report["size"] is None and report["runs"][0]["decode_tok_s"] > 0

@@ -43,6 +43,7 @@ from .lm import WavSLM
 from .modules.linear import Int8Linear, PackedLinear
 from .optimize import optimize_for_inference
 from .presets import focalcodec_stream, wavslm_paper
+from .pretrained import load_int8
 
 
 def build(size: str = "paper", seed: int = 0) -> WavSLM:
@@ -273,13 +274,21 @@ BACKENDS = ("torch", "onnxruntime")
 
 def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str = "float32",
               quantize: str = "none", reference: str | None = None, steps: int = 25, seconds: float = 10.0,
-              compile: bool = False, rounds: int = 3, backends: tuple[str, ...] = ("torch",)) -> dict:
+              compile: bool = False, rounds: int = 3, backends: tuple[str, ...] = ("torch",),
+              model: str | None = None) -> dict:
+    """The report described above; `model`: a saved WavSLM (folder, .json or Hub id) instead of random
+    weights of `size`. Given one, int8 on torch alone loads it straight into int8 (`pretrained.load_int8`),
+    so the peak memory is what a user loading it meets."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise InputError(f"backends must be some of {list(BACKENDS)}, got {list(backends)}")
     if "onnxruntime" in backends and dtype != "float32":
         raise InputError("the onnxruntime backend runs float32 graphs (int8 with --quantize int8); use --dtype float32")
-    lm = build(size)
+    straight = model is not None and quantize == "int8" and tuple(backends) == ("torch",) and not reference
+    if straight:
+        lm = load_int8(model)
+    else:
+        lm = build(size) if model is None else WavSLM.from_pretrained(model)
     qfeats_full = lm.codec.dequantize(torch.randint(0, lm.config.vocab_size, (max(batches), 148),
                                                     generator=torch.Generator().manual_seed(4)))
     ref = None
@@ -298,9 +307,11 @@ def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="wavslm-bench-onnx-"))
             export_onnx(lm, folder, quantize=quantize)
             ort = OnnxWavSLM(folder, threads=torch.get_num_threads())
-        if "torch" in backends:
+        if "torch" in backends and not straight:
             optimize_for_inference(lm, dtype=dtype, quantize=quantize, compile=compile)
-        report = {"size": size, "dtype": dtype, "quantize": quantize, "threads": torch.get_num_threads(),
+        elif compile:
+            lm.encoder.forward = torch.compile(lm.encoder.forward, dynamic=True)
+        report = {"size": size if model is None else None, "model": model, "dtype": dtype, "quantize": quantize, "threads": torch.get_num_threads(),
                   "cpu": cpu_name(), "backends": list(backends),
                   "lm_weight_mb": (weight_bytes(lm) - weight_bytes(lm.codec)) / 2**20,  # the codec is a submodule
                   "codec_weight_mb": weight_bytes(lm.codec) / 2**20, "runs": []}
@@ -335,7 +346,7 @@ def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str
 
 
 def format_report(report: dict) -> str:
-    head = (f"size {report['size']}, dtype {report['dtype']}, quantize {report['quantize']}, "
+    head = (f"{'model ' + report['model'] if report.get('model') else 'size ' + report['size']}, dtype {report['dtype']}, quantize {report['quantize']}, "
             f"{report['threads']} threads of {report.get('cpu', 'an unnamed CPU')}; weights: LM {report['lm_weight_mb']:.0f} MB, codec "
             f"{report['codec_weight_mb']:.0f} MB; peak RSS {report['peak_rss_mb']:.0f} MB")
     if "max_logit_diff_vs_reference" in report:

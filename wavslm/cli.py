@@ -175,7 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run_bench(args.size, tuple(args.batch), args.dtype, args.quantize, args.reference, args.steps,
-                       args.seconds, args.compile, args.rounds, tuple(args.backend))
+                       args.seconds, args.compile, args.rounds, tuple(args.backend), args.model)
     print(format_report(report))
     if args.output:
         write_json(args.output, report)
@@ -367,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("bench", cmd_bench, "Inference speed and memory at paper size (random weights), optionally side by side "
              "with the original implementation.")
     p.add_argument("--size", choices=["paper", "tiny"], default="paper", help="model size (default: paper)")
+    p.add_argument("--model", help="a saved WavSLM (folder, .json or Hub id) instead of random weights of --size; "
+                   "with --quantize int8 alone it is read straight into int8, as `generate --optimize int8` does")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes (default: 1 4)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="LM weights' dtype")
     p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8 linear layers (the LM and every part of the codec)")

@@ -280,12 +280,17 @@ def knn_average(feats: Tensor, matching_set: Tensor, k: int = 4, block: int = 81
     return matching_set[best_idx].mean(dim=1).view_as(feats)
 
 
+def first_release(keys) -> bool:
+    """Whether checkpoint `keys` are the first FocalCodec release's (separate q/k/v: `_remap_released`)."""
+    return any(k.endswith(("q_proj.weight", "q_proj.bias")) for k in keys)
+
+
 def _remap_released(state: dict[str, Tensor], own_keys: list[str]) -> dict[str, Tensor]:
     """Bring the first FocalCodec release (separate q/k/v, other focal module names) to today's keys.
 
     That release named the focal layers differently but in the same order, so they map by sorted key.
     """
-    if not any(k.endswith(("q_proj.weight", "q_proj.bias")) for k in state):
+    if not first_release(state):
         return state
     out: dict[str, Tensor] = {}
     for key in own_keys:

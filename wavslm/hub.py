@@ -19,12 +19,13 @@ import logging
 import os
 import pickle
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -197,12 +198,41 @@ def load_weights(path: Path) -> dict[str, Tensor]:
         raise InputError(f"cannot read weights '{path}': the file is corrupt or not a checkpoint") from error
 
 
-def load_state(module: torch.nn.Module, state: dict[str, Tensor], source: str | os.PathLike) -> None:
-    """`load_state_dict(strict=True)` with one readable sentence on missing, unexpected or misshaped keys."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+class LazyWeights(Mapping):
+    """The tensors of a `.safetensors` file, each read when it is asked for.
+
+    A tensor given out lies in the file's read-only memory map (only what is touched is read), and dropping
+    it drops its pages: a model can be filled and converted part by part without its whole state in memory
+    (copy what is kept: `optimize.own_tensors`). `shapes` come from the file's header, without reading any
+    tensor.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            with safe_open(self.path, "pt") as f:
+                self.shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+            raise InputError(f"cannot read weights '{self.path}': the file is corrupt or not a checkpoint") from error
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key not in self.shapes:
+            raise KeyError(key)
+        with safe_open(self.path, "pt") as f:
+            return f.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def check_fit(own: Mapping[str, tuple], theirs: Mapping[str, tuple], source: str | os.PathLike) -> None:
+    """One readable sentence if the state-dict shapes `theirs` (a checkpoint's) miss, add or misshape keys of `own`."""
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    shapes = [k for k in set(own) & set(theirs) if tuple(own[k]) != tuple(theirs[k])]
     problems = []
     if missing:
         problems.append(f"missing {_few(missing)}")
@@ -210,16 +240,28 @@ def load_state(module: torch.nn.Module, state: dict[str, Tensor], source: str | 
         problems.append(f"unexpected {_few(unexpected)}")
     if shapes:
         k = sorted(shapes)[0]
-        problems.append(f"shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}")
+        problems.append(f"shape mismatch for {k}: checkpoint {tuple(theirs[k])}, model {tuple(own[k])}")
     if problems:
         raise InputError(f"weights '{source}' do not fit the model: {'; '.join(problems)}")
-    # Checked here, not deep in sampling. A sum is NaN or infinite when an element is (about 0.05 s per GB,
-    # against 1.5 s for an element-wise test); only then is the tensor tested element by element.
+
+
+def check_finite(state: Mapping[str, Tensor], source: str | os.PathLike) -> None:
+    """One sentence if a floating-point tensor of `state` holds NaN or infinite values.
+
+    Checked at loading, not deep in sampling. A sum is NaN or infinite when an element is (about 0.05 s per
+    GB, against 1.5 s for an element-wise test); only then is the tensor tested element by element.
+    """
     broken = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v.sum()))
                     and not bool(torch.isfinite(v).all()))
     if broken:
         raise InputError(f"weights '{source}' hold NaN or infinite values (in {_few(broken)}): the file is damaged "
                          "or the run that wrote it diverged")
+
+
+def load_state(module: torch.nn.Module, state: dict[str, Tensor], source: str | os.PathLike) -> None:
+    """`load_state_dict(strict=True)` with one readable sentence on missing, unexpected or misshaped keys."""
+    check_fit({k: v.shape for k, v in module.state_dict().items()}, {k: v.shape for k, v in state.items()}, source)
+    check_finite(state, source)
     module.load_state_dict(state)
 
 

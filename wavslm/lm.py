@@ -222,11 +222,15 @@ class WavSLM(nn.Module):
         return hub.save_folder(folder, to_dict(self.config), state)
 
 
-def _load_codec(ref: "str | os.PathLike", model: hub.Resolved) -> Codec:
+def codec_target(ref: "str | os.PathLike", model: hub.Resolved) -> "str | Path":
+    """Where the codec `ref` named by `model`'s config is: beside the model first, else `ref` as given (a Hub id)."""
     local = (model.folder / ref) if not os.path.isabs(ref) else Path(ref)
-    target = local if local.exists() or local.with_name(local.name + ".json").exists() else ref
+    return local if local.exists() or local.with_name(local.name + ".json").exists() else ref
+
+
+def _load_codec(ref: "str | os.PathLike", model: hub.Resolved) -> Codec:
     try:
-        return Codec.from_pretrained(target)
+        return Codec.from_pretrained(codec_target(ref, model))
     except InputError as error:
         raise InputError(f"cannot load the codec '{ref}' named by {model.config}: {error}") from error
 

@@ -14,9 +14,13 @@ CPU, decoding reads the weights once per step, and a quarter of the bytes is mos
 The last two trade a measured deviation for speed or memory (README, "Speed on a CPU").
 """
 
-import torch
-from torch import nn
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 
+import torch
+from torch import Tensor, nn
+
+from .hub import check_finite, check_fit
 from .modules.linear import Int8Linear, PackedLinear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -24,22 +28,37 @@ QUANTIZE = ("none", "int8")
 CODEC_PARTS = ("encoder", "compressor", "decompressor", "decoder")
 
 
-def _pack_linears(module: nn.Module, make) -> int:
+def pack_one(parent: nn.Module, name: str, child: nn.Module, make) -> bool:
+    """Convert `child` (`parent`'s child `name`) if it is a linear map worth packing (see `pack_linears`);
+    True if it was converted. Maps already converted, or not yet filled (on the meta device), are left."""
+    if any(p.is_meta for p in child.parameters()):
+        return False
+    if isinstance(child, nn.Linear):
+        if child.in_features < 64:
+            return False
+        setattr(parent, name, make(child.weight, child.bias))
+        return True
+    if getattr(child, "packed", None) is not None or not hasattr(child, "linear_weight"):
+        return False
+    as_linear = child.linear_weight()
+    if as_linear is None or as_linear[0].shape[1] < 64:
+        return False
+    child.packed = make(*as_linear)
+    return True
+
+
+def pack_linears(module: nn.Module, make) -> int:
     """Swap `module`'s linear maps for `make(weight, bias)` (a packed form): `nn.Linear` children are
     replaced; modules whose map is a view of another layout (`linear_weight()`: 1x1 and few-frame
     convolutions, a transposed convolution) get it as their `packed` module. The tiny gate projections
     (under 64 inputs) stay as they are."""
     count = 0
     for name, child in module.named_children():
-        if isinstance(child, nn.Linear) and child.in_features >= 64:
-            setattr(module, name, make(child.weight, child.bias))
+        if pack_one(module, name, child, make):
             count += 1
-            continue
-        as_linear = child.linear_weight() if hasattr(child, "linear_weight") else None
-        if as_linear is not None and as_linear[0].shape[1] >= 64:
-            child.packed = make(*as_linear)
-            count += 1
-        count += _pack_linears(child, make)
+            if isinstance(child, nn.Linear):
+                continue
+        count += pack_linears(child, make)
     return count
 
 
@@ -63,13 +82,89 @@ def optimize_for_inference(lm, dtype: str = "float32", quantize: str = "none", c
     codec_make = Int8Linear if quantize == "int8" else PackedLinear if packable else None
     lm_make = codec_make if dtype == "float32" else None  # bfloat16: packing measured no faster than F.linear
     if lm_make is not None:
-        if _pack_linears(lm.encoder, lm_make) == 0:
+        if pack_linears(lm.encoder, lm_make) == 0:
             raise ValueError("no linear layers to convert")
         lm.head = lm_make(lm.head.weight, lm.head.bias)
     if codec_make is not None and lm.codec is not None:
         # Every per-step part of the codec: a live prompt is encoded step by step too.
         for part in CODEC_PARTS:
-            _pack_linears(getattr(lm.codec, part), codec_make)
+            pack_linears(getattr(lm.codec, part), codec_make)
     if compile:
         lm.encoder.forward = torch.compile(lm.encoder.forward, dynamic=True)
     return lm
+
+
+@contextmanager
+def parameters_on_meta():
+    """Build modules inside this block with their parameters on the meta device (shapes only, no memory) and
+    everything else as usual: buffers computed at construction (a noise table) stay real, which a whole
+    `torch.device("meta")` block would lose. Each parameter is moved as it is registered, so at most one
+    is ever allocated. Fill them with `fill_converted`."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+# While a model is filled straight into int8, the float32 weights of one part at most are held at once.
+PART_BYTES = 64 * 2**20
+
+
+def fill_converted(module: nn.Module, weights: Mapping[str, Tensor], shapes: Mapping[str, tuple], source: str,
+                   convert: Callable[[str], bool], make) -> None:
+    """Give `module`, built with its parameters on the meta device (`parameters_on_meta`), its tensors from
+    the state dict `weights` part by part, and convert (`pack_linears` with `make`) the linear maps of each
+    filled part whose key prefix `convert` admits before the next part is read: the float32 model never
+    exists whole (`weights` should read one tensor at a time, as `hub.LazyWeights` does). `shapes`: the
+    checkpoint's, checked first in one sentence. The caller then converts the few maps that straddle parts
+    and takes its own copies of what stays (`own_tensors`; see `pretrained.load_int8`): the result is what
+    filling the whole model, then converting it, gives."""
+    check_fit({k: v.shape for k, v in module.state_dict(keep_vars=True).items()}, shapes, source)
+
+    def fill_own(part: nn.Module, prefix: str) -> None:
+        for name, param in list(part._parameters.items()):
+            if param is not None:
+                tensor = weights[prefix + name].to(param.dtype)
+                check_finite({prefix + name: tensor}, source)
+                part._parameters[name] = nn.Parameter(tensor, requires_grad=False)
+        for name, buffer in list(part._buffers.items()):
+            if name in part._non_persistent_buffers_set or buffer is None:
+                if buffer is not None and buffer.is_meta:
+                    raise ValueError(f"{type(part).__name__}.{name} is not saved and was built on the meta device: "
+                                     "build the model inside parameters_on_meta()")
+                continue
+            part._buffers[name] = weights[prefix + name].to(buffer.dtype)
+
+    def visit(parent: nn.Module | None, name: str, part: nn.Module, prefix: str) -> None:
+        if sum(p.numel() * p.element_size() for p in part.parameters()) > PART_BYTES:
+            fill_own(part, prefix)
+            for child_name, child in list(part.named_children()):
+                visit(part, child_name, child, f"{prefix}{child_name}.")
+            return
+        for sub_prefix, sub in part.named_modules(prefix=prefix.rstrip(".")):
+            fill_own(sub, f"{sub_prefix}." if sub_prefix else "")
+        if parent is not None and convert(prefix):
+            if not (pack_one(parent, name, part, make) and isinstance(part, nn.Linear)):
+                pack_linears(part, make)
+
+    visit(None, "", module, "")
+
+
+def own_tensors(module: nn.Module) -> None:
+    """Replace every parameter and buffer of `module` by a copy of its own, one at a time: tensors read from a
+    memory-mapped file (`hub.LazyWeights`) then no longer share the file's read-only pages."""
+    for part in module.modules():
+        for name, param in list(part._parameters.items()):
+            if param is not None:
+                part._parameters[name] = nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+        for name, buffer in list(part._buffers.items()):
+            if buffer is not None:
+                part._buffers[name] = buffer.clone()

@@ -13,10 +13,22 @@ model, and `load_lm` applies one of the inference conversions in `OPTIMIZE`.
 from importlib import resources
 from pathlib import Path
 
-from .codec import Codec
+import torch
+
+from . import hub
+from .codec import Codec, CodecConfig, first_release
+from .config import from_dict
 from .errors import InputError
-from .lm import WavSLM
-from .optimize import optimize_for_inference
+from .lm import WavSLM, WavSLMConfig, codec_target
+from .modules.linear import Int8Linear
+from .optimize import (
+    CODEC_PARTS,
+    fill_converted,
+    optimize_for_inference,
+    own_tensors,
+    pack_linears,
+    parameters_on_meta,
+)
 
 
 def package_path(*parts: str) -> Path:
@@ -65,7 +77,10 @@ def load_lm(ref: str | None = None, device: str = "cpu", optimize: str = "none")
     """The WavSLM `ref` with its codec (None: the bundled one) on `device`, converted by `optimize`."""
     if optimize not in OPTIMIZE:
         raise InputError(f"optimize must be one of {list(OPTIMIZE)}, got {optimize!r}")
-    lm = WavSLM.from_pretrained(ref or _bundled(BUNDLED_LM, "model")).to(device)
+    ref = ref or _bundled(BUNDLED_LM, "model")
+    if optimize == "int8" and torch.device(device).type == "cpu":
+        return load_int8(ref)
+    lm = WavSLM.from_pretrained(ref).to(device)
     if OPTIMIZE[optimize] is not None:
         dtype, quantize = OPTIMIZE[optimize]
         try:
@@ -73,3 +88,50 @@ def load_lm(ref: str | None = None, device: str = "cpu", optimize: str = "none")
         except ValueError as error:
             raise InputError(f"--optimize {optimize}: {error}") from error
     return lm
+
+
+def load_int8(ref: str) -> WavSLM:
+    """`WavSLM.from_pretrained(ref)` converted by `optimize_for_inference(quantize="int8")`, without the float32
+    model ever in memory whole: LM and codec are built with their parameters on the meta device and filled
+    from their `.safetensors` files part by part, each part converted before the next is read
+    (`optimize.fill_converted`). The peak memory is about the converted model's plus one part's, and the
+    model is the same. Weights in another format, or a codec of the first release (its keys are remapped),
+    are read whole first."""
+    resolved = hub.resolve(ref)
+    config = from_dict(WavSLMConfig, hub.read_json(resolved.config), f"config '{resolved.config}'")
+    if resolved.weights is None or resolved.weights.suffix != ".safetensors":
+        return optimize_for_inference(WavSLM.from_pretrained(ref), quantize="int8")
+    try:
+        codec = _codec_int8(codec_target(config.codec_config, resolved))
+    except InputError as error:
+        raise InputError(f"cannot load the codec '{config.codec_config}' named by {resolved.config}: {error}") from error
+    with parameters_on_meta():
+        lm = WavSLM(config)
+    weights = hub.LazyWeights(resolved.weights)
+    fill_converted(lm, weights, weights.shapes, str(resolved.weights), lambda key: key.startswith("encoder."), Int8Linear)
+    pack_linears(lm.encoder, Int8Linear)  # any map that straddled two parts
+    lm.head = Int8Linear(lm.head.weight, lm.head.bias)
+    own_tensors(lm)
+    lm.attach_codec(codec)
+    return lm.eval().requires_grad_(False)
+
+
+def _codec_int8(ref) -> Codec:
+    """The codec `ref` with its per-step parts in int8 (`load_int8`)."""
+    resolved = hub.resolve(ref)
+    config = from_dict(CodecConfig, hub.read_json(resolved.config), f"codec config '{resolved.config}'")
+    weights = None
+    if resolved.weights is not None and resolved.weights.suffix == ".safetensors":
+        weights = hub.LazyWeights(resolved.weights)
+    if weights is None or first_release(weights):
+        codec = Codec.from_pretrained(ref)
+    else:
+        with parameters_on_meta():
+            codec = Codec(config)
+        parts = tuple(f"{part}." for part in CODEC_PARTS)
+        fill_converted(codec, weights, weights.shapes, str(resolved.weights), lambda key: key.startswith(parts),
+                       Int8Linear)
+    for part in CODEC_PARTS:
+        pack_linears(getattr(codec, part), Int8Linear)
+    own_tensors(codec)
+    return codec.eval().requires_grad_(False)

@@ -51,7 +51,8 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
         super().__init__()
         weight = weight.detach().float().contiguous()
-        scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
+        # max |w| per row as one reduction: no weight-sized temporary (a model converted while it loads)
+        scales = (torch.linalg.vector_norm(weight, float("inf"), dim=1) / 127.0).clamp_min(1e-12).double()
         zeros = torch.zeros_like(scales, dtype=torch.int64)
         bias = None if bias is None else bias.detach().float().contiguous()
         with warnings.catch_warnings():  # the quantised-tensor constructors warn of a future move to torchao
