@@ -12,6 +12,10 @@ bfloat16: the LM's transformer and head (the codec stays float32, packed as abov
 int8: int8 weights (per output channel) with activations quantised per call (fbgemm kernels): on a
 CPU, decoding reads the weights once per step, and a quarter of the bytes is most of the gain.
 The last two trade a measured deviation for speed or memory (README, "Speed on a CPU").
+
+A model can also be converted while it loads, so that its float32 weights are never in memory whole:
+built inside `parameters_on_meta()`, filled part by part by `fill_converted`, then `own_tensors`
+(`pretrained.load_int8` does this for int8).
 """
 
 from collections.abc import Callable, Mapping
