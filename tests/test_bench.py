@@ -171,3 +171,7 @@ def test_int8_straight_from_misfitting_files_is_one_clear_error(tmp_path):
 def test_the_bench_reads_a_saved_model_straight_into_int8(tmp_path):
     report = run_bench(batches=(1,), quantize="int8", steps=2, seconds=0.5, model=str(_random_checkpoint(tmp_path)))
     assert report["model"].endswith("lm") and report["size"] is None and report["runs"][0]["decode_tok_s"] > 0
+    from wavslm.errors import InputError
+
+    with pytest.raises(InputError, match="use --dtype float32"):
+        run_bench(batches=(1,), dtype="bfloat16", quantize="int8", model=str(tmp_path / "lm"))

@@ -284,6 +284,8 @@ def run_bench(size: str = "paper", batches: tuple[int, ...] = (1, 4), dtype: str
         raise InputError(f"backends must be some of {list(BACKENDS)}, got {list(backends)}")
     if "onnxruntime" in backends and dtype != "float32":
         raise InputError("the onnxruntime backend runs float32 graphs (int8 with --quantize int8); use --dtype float32")
+    if quantize != "none" and dtype != "float32":
+        raise InputError("int8 layers compute in float32 around their int8 matmuls; use --dtype float32 with them")
     straight = model is not None and quantize == "int8" and tuple(backends) == ("torch",) and not reference
     if straight:
         lm = load_int8(model)
