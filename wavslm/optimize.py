@@ -18,13 +18,12 @@ built inside `parameters_on_meta()`, filled part by part by `fill_converted`, th
 (`pretrained.load_int8` does this for int8).
 """
 
-from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from .hub import check_finite, check_fit
+from .hub import LazyWeights, check_finite, check_fit
 from .modules.linear import Int8Linear, PackedLinear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -86,16 +85,31 @@ def optimize_for_inference(lm, dtype: str = "float32", quantize: str = "none", c
     codec_make = Int8Linear if quantize == "int8" else PackedLinear if packable else None
     lm_make = codec_make if dtype == "float32" else None  # bfloat16: packing measured no faster than F.linear
     if lm_make is not None:
-        if pack_linears(lm.encoder, lm_make) == 0:
-            raise ValueError("no linear layers to convert")
-        lm.head = lm_make(lm.head.weight, lm.head.bias)
+        convert_lm(lm, lm_make)
     if codec_make is not None and lm.codec is not None:
-        # Every per-step part of the codec: a live prompt is encoded step by step too.
-        for part in CODEC_PARTS:
-            pack_linears(getattr(lm.codec, part), codec_make)
+        convert_codec(lm.codec, codec_make)
     if compile:
         lm.encoder.forward = torch.compile(lm.encoder.forward, dynamic=True)
     return lm
+
+
+# The key prefixes of what `convert_lm` and `convert_codec` convert (the LM's head is converted whole).
+LM_CONVERTED = ("encoder.",)
+CODEC_CONVERTED = tuple(f"{part}." for part in CODEC_PARTS)
+
+
+def convert_lm(lm, make) -> None:
+    """Pack the linear maps of `lm`'s transformer and its head with `make` (those already packed are left)."""
+    if pack_linears(lm.encoder, make) == 0 and not any(isinstance(m, make) for m in lm.encoder.modules()):
+        raise ValueError("no linear layers to convert")
+    if not isinstance(lm.head, make):
+        lm.head = make(lm.head.weight, lm.head.bias)
+
+
+def convert_codec(codec, make) -> None:
+    """Pack the linear maps of every per-step part of `codec` (a live prompt is encoded step by step too)."""
+    for part in CODEC_PARTS:
+        pack_linears(getattr(codec, part), make)
 
 
 @contextmanager
@@ -122,16 +136,15 @@ def parameters_on_meta():
 PART_BYTES = 64 * 2**20
 
 
-def fill_converted(module: nn.Module, weights: Mapping[str, Tensor], shapes: Mapping[str, tuple], source: str,
-                   convert: Callable[[str], bool], make) -> None:
+def fill_converted(module: nn.Module, weights: LazyWeights, converted: tuple[str, ...], make) -> None:
     """Give `module`, built with its parameters on the meta device (`parameters_on_meta`), its tensors from
-    the state dict `weights` part by part, and convert (`pack_linears` with `make`) the linear maps of each
-    filled part whose key prefix `convert` admits before the next part is read: the float32 model never
-    exists whole (`weights` should read one tensor at a time, as `hub.LazyWeights` does). `shapes`: the
-    checkpoint's, checked first in one sentence. The caller then converts the few maps that straddle parts
-    and takes its own copies of what stays (`own_tensors`; see `pretrained.load_int8`): the result is what
-    filling the whole model, then converting it, gives."""
-    check_fit({k: v.shape for k, v in module.state_dict(keep_vars=True).items()}, shapes, source)
+    `weights` part by part, and convert (`pack_linears` with `make`) the linear maps of each filled part
+    under the key prefixes `converted` before the next part is read: the float32 model never exists whole.
+    The checkpoint's shapes are checked first, in one sentence. The caller then converts what straddles
+    parts (`convert_lm`, `convert_codec`) and takes its own copies of what stays (`own_tensors`; see
+    `pretrained.load_int8`): the result is what filling the whole model, then converting it, gives."""
+    source = str(weights.path)
+    check_fit({k: v.shape for k, v in module.state_dict(keep_vars=True).items()}, weights.shapes, source)
 
     def fill_own(part: nn.Module, prefix: str) -> None:
         for name, param in list(part._parameters.items()):
@@ -155,7 +168,7 @@ def fill_converted(module: nn.Module, weights: Mapping[str, Tensor], shapes: Map
             return
         for sub_prefix, sub in part.named_modules(prefix=prefix.rstrip(".")):
             fill_own(sub, f"{sub_prefix}." if sub_prefix else "")
-        if parent is not None and convert(prefix):
+        if parent is not None and prefix.startswith(converted):
             if not (pack_one(parent, name, part, make) and isinstance(part, nn.Linear)):
                 pack_linears(part, make)
 

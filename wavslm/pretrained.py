@@ -22,11 +22,13 @@ from .errors import InputError
 from .lm import WavSLM, WavSLMConfig, codec_target
 from .modules.linear import Int8Linear
 from .optimize import (
-    CODEC_PARTS,
+    CODEC_CONVERTED,
+    LM_CONVERTED,
+    convert_codec,
+    convert_lm,
     fill_converted,
     optimize_for_inference,
     own_tensors,
-    pack_linears,
     parameters_on_meta,
 )
 
@@ -107,10 +109,8 @@ def load_int8(ref: str) -> WavSLM:
         raise InputError(f"cannot load the codec '{config.codec_config}' named by {resolved.config}: {error}") from error
     with parameters_on_meta():
         lm = WavSLM(config)
-    weights = hub.LazyWeights(resolved.weights)
-    fill_converted(lm, weights, weights.shapes, str(resolved.weights), lambda key: key.startswith("encoder."), Int8Linear)
-    pack_linears(lm.encoder, Int8Linear)  # any map that straddled two parts
-    lm.head = Int8Linear(lm.head.weight, lm.head.bias)
+    fill_converted(lm, hub.LazyWeights(resolved.weights), LM_CONVERTED, Int8Linear)
+    convert_lm(lm, Int8Linear)  # the head, and any map that straddled two parts
     own_tensors(lm)
     lm.attach_codec(codec)
     return lm.eval().requires_grad_(False)
@@ -128,10 +128,7 @@ def _codec_int8(ref) -> Codec:
     else:
         with parameters_on_meta():
             codec = Codec(config)
-        parts = tuple(f"{part}." for part in CODEC_PARTS)
-        fill_converted(codec, weights, weights.shapes, str(resolved.weights), lambda key: key.startswith(parts),
-                       Int8Linear)
-    for part in CODEC_PARTS:
-        pack_linears(getattr(codec, part), Int8Linear)
+        fill_converted(codec, weights, CODEC_CONVERTED, Int8Linear)
+    convert_codec(codec, Int8Linear)
     own_tensors(codec)
     return codec.eval().requires_grad_(False)
